@@ -1,0 +1,455 @@
+//! The engine handle: start it, feed it events, query it, listen to it.
+
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::battle::{BattleSnapshot, State};
+use crate::clock::{Clock, TokioClock};
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::notify::{Filter, Hub, Observer, ResumeTooOld, Subscription};
+use crate::shard::{Command, Routed, Shard, Shared};
+use crate::store::{EphemeralStore, Store, StoreError};
+use crate::transition::{Refusal, Rules};
+
+/// What applying an event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The kind of change.
+    pub outcome: Outcome,
+    /// The battle's state afterwards (`None` when no battle is involved).
+    pub state: Option<State>,
+    /// The battle's version afterwards.
+    pub version: u64,
+}
+
+impl Applied {
+    pub(crate) fn unchanged(outcome: Outcome, state: Option<State>, version: u64) -> Applied {
+        Applied {
+            outcome,
+            state,
+            version,
+        }
+    }
+}
+
+/// The kind of change an event made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new battle.
+    New,
+    /// The battle changed state.
+    Transition,
+    /// Fields changed within the state.
+    Update,
+    /// Accepted, nothing observable changed.
+    Unchanged,
+    /// The same callback was applied before; nothing changed.
+    Duplicate,
+    /// The battle was evicted after retention; within the dedupe horizon nothing changes.
+    Evicted,
+    /// A destroyed room that is in no live battle.
+    NoBattle,
+}
+
+impl Outcome {
+    /// The snake_case name (logs, metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::New => "new",
+            Outcome::Transition => "transition",
+            Outcome::Update => "update",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Evicted => "evicted",
+            Outcome::NoBattle => "no_battle",
+        }
+    }
+}
+
+/// Why the engine did not apply an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineError {
+    /// The event is not valid (e.g. an empty battle id).
+    Invalid(String),
+    /// An app-side event was refused by the lifecycle rules.
+    Refused(Refusal),
+    /// The store failed: the event is not acknowledged.
+    Store(StoreError),
+    /// The engine is shut down.
+    ShutDown,
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::Invalid(m) => write!(f, "invalid event: {m}"),
+            EngineError::Refused(r) => write!(f, "{r}"),
+            EngineError::Store(e) => write!(f, "{e}"),
+            EngineError::ShutDown => write!(f, "the engine is shut down"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// Engine configuration beyond the [`Rules`].
+#[derive(Clone)]
+pub struct EngineBuilder {
+    rules: Rules,
+    shards: usize,
+    clock: Option<Arc<dyn Clock>>,
+    store: Arc<dyn Store>,
+    channel_capacity: usize,
+    replay_capacity: usize,
+    queue_capacity: usize,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> EngineBuilder {
+        EngineBuilder {
+            rules: Rules::default(),
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            clock: None,
+            store: Arc::new(EphemeralStore),
+            channel_capacity: 1024,
+            replay_capacity: 0,
+            queue_capacity: 4096,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// The lifecycle rules (grace, tolerance, retention, dedupe horizon).
+    pub fn rules(mut self, rules: Rules) -> Self {
+        self.rules = rules;
+        self
+    }
+    /// How many shard tasks (default: the number of CPUs).
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n.max(1);
+        self
+    }
+    /// The wall clock (default: [`TokioClock::system`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+    /// The store (default: [`EphemeralStore`]).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Arc::new(store);
+        self
+    }
+    /// Per-subscription buffer; a subscriber further behind is told it lagged (default 1024).
+    pub fn channel_capacity(mut self, n: usize) -> Self {
+        self.channel_capacity = n;
+        self
+    }
+    /// How many recent notifications are kept for resuming subscriptions (default 0: off).
+    pub fn replay_capacity(mut self, n: usize) -> Self {
+        self.replay_capacity = n;
+        self
+    }
+
+    /// Loads the store, rebuilds every battle and timer, and starts the shard tasks. Must be
+    /// called inside a tokio runtime.
+    pub async fn start(self) -> Result<Engine, EngineError> {
+        let loaded = self.store.load().await.map_err(EngineError::Store)?;
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Arc::new(TokioClock::system()));
+        let shared = Arc::new(Shared {
+            battles: DashMap::new(),
+            rooms: DashMap::new(),
+            hub: Hub::new(self.channel_capacity, self.replay_capacity, 0),
+            clock,
+            rules: self.rules,
+            store: self.store,
+            metrics: Metrics::default(),
+        });
+        let n = self.shards;
+        let mut per_shard: Vec<(Vec<_>, Vec<_>)> = (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        for b in loaded.battles {
+            per_shard[shard_of(&b.id, n)].0.push(b);
+        }
+        for (id, at) in loaded.evicted {
+            per_shard[shard_of(&id, n)].1.push((id, at));
+        }
+        let mut senders = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for (battles, evicted) in per_shard {
+            let (tx, rx) = mpsc::channel(self.queue_capacity);
+            let shard = Shard::new(shared.clone(), rx, battles, evicted);
+            handles.push(tokio::spawn(shard.run()));
+            senders.push(tx);
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                shared,
+                senders,
+                handles: Mutex::new(handles),
+            }),
+        })
+    }
+}
+
+fn shard_of(id: &str, n: usize) -> usize {
+    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
+    (h % n as u64) as usize
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    senders: Vec<mpsc::Sender<Command>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running engine. Cheap to clone; every clone is the same engine.
+///
+/// ```
+/// use livebattle_engine::{Created, Engine, Event, Outcome, State, TokioClock};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let engine = Engine::builder()
+///     .clock(TokioClock::starting_at(1_739_954_005_000))
+///     .start()
+///     .await
+///     .unwrap();
+/// let applied = engine
+///     .apply(Event::Created(Created {
+///         battle_id: "b1".into(),
+///         from_room: Some("pk-3".into()),
+///         to_rooms: vec!["pk-5".into()],
+///         duration_ms: Some(60_000),
+///         need_response: Some(false),
+///         event_time_ms: Some(1_739_954_005_000),
+///         ..Default::default()
+///     }))
+///     .await
+///     .unwrap();
+/// assert_eq!(applied.outcome, Outcome::New);
+/// let battle = engine.battle("b1").unwrap();
+/// assert_eq!(battle.state, State::Running);
+/// assert_eq!(battle.ends_at_ms, Some(1_739_954_065_000));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// A builder with the default configuration.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The engine's wall clock, Unix ms.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.shared.clock.now_ms()
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &Rules {
+        &self.inner.shared.rules
+    }
+
+    fn route(&self, event: Event) -> Result<Option<(usize, Routed)>, EngineError> {
+        let id: Arc<str> = match &event {
+            Event::RoomDestroyed(d) => {
+                match self.inner.shared.rooms.get(d.room_id.as_str()) {
+                    Some(id) => id.clone(),
+                    None => return Ok(None),
+                }
+            }
+            other => match other.battle_id() {
+                Some(id) if !id.is_empty() => Arc::from(id),
+                _ => return Err(EngineError::Invalid("empty battle id".into())),
+            },
+        };
+        Ok(Some((shard_of(&id, self.inner.senders.len()), (id, event))))
+    }
+
+    /// Applies one event. Returns once the event's effect is applied, stored and published.
+    pub async fn apply(&self, event: Event) -> Result<Applied, EngineError> {
+        let Some((shard, routed)) = self.route(event)? else {
+            return Ok(Applied::unchanged(Outcome::NoBattle, None, 0));
+        };
+        let (tx, rx) = oneshot::channel();
+        self.inner.senders[shard]
+            .send(Command::Apply {
+                items: vec![routed],
+                reply: tx,
+            })
+            .await
+            .map_err(|_| EngineError::ShutDown)?;
+        rx.await
+            .map_err(|_| EngineError::ShutDown)?
+            .pop()
+            .unwrap_or(Err(EngineError::ShutDown))
+    }
+
+    /// Applies many events with one round trip per shard; results come back in input order.
+    /// Events of one battle are applied in input order.
+    pub async fn apply_batch(&self, events: Vec<Event>) -> Vec<Result<Applied, EngineError>> {
+        let n = self.inner.senders.len();
+        let mut results: Vec<Option<Result<Applied, EngineError>>> = vec![None; events.len()];
+        let mut per_shard: Vec<(Vec<usize>, Vec<Routed>)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        for (i, ev) in events.into_iter().enumerate() {
+            match self.route(ev) {
+                Ok(Some((s, routed))) => {
+                    per_shard[s].0.push(i);
+                    per_shard[s].1.push(routed);
+                }
+                Ok(None) => results[i] = Some(Ok(Applied::unchanged(Outcome::NoBattle, None, 0))),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let mut waits = Vec::new();
+        for (s, (idx, items)) in per_shard.into_iter().enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let sent = self.inner.senders[s]
+                .send(Command::Apply { items, reply: tx })
+                .await;
+            waits.push((idx, sent.ok().map(|_| rx)));
+        }
+        for (idx, rx) in waits {
+            let got = match rx {
+                Some(rx) => rx.await.ok(),
+                None => None,
+            };
+            match got {
+                Some(rs) => {
+                    for (i, r) in idx.into_iter().zip(rs) {
+                        results[i] = Some(r);
+                    }
+                }
+                None => {
+                    for i in idx {
+                        results[i] = Some(Err(EngineError::ShutDown));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(EngineError::ShutDown)))
+            .collect()
+    }
+
+    /// One battle's snapshot.
+    pub fn battle(&self, battle_id: &str) -> Option<BattleSnapshot> {
+        let now = self.now_ms();
+        self.inner
+            .shared
+            .battles
+            .get(battle_id)
+            .map(|s| s.battle.snapshot(now))
+    }
+
+    /// How many battles are held (live and retained).
+    pub fn battle_count(&self) -> usize {
+        self.inner.shared.battles.len()
+    }
+
+    /// Battles matching `state` and/or `room`, ordered by battle id, at most `limit` after the
+    /// id `after` (for paging).
+    pub fn battles(
+        &self,
+        state: Option<State>,
+        room: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<BattleSnapshot> {
+        let now = self.now_ms();
+        let mut ids: Vec<Arc<str>> = self
+            .inner
+            .shared
+            .battles
+            .iter()
+            .filter(|e| {
+                let b = &e.value().battle;
+                state.is_none_or(|s| b.state == s)
+                    && room.is_none_or(|r| b.rooms().contains(&r))
+                    && after.is_none_or(|a| &*b.id > a)
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids.iter().filter_map(|id| {
+            self.inner
+                .shared
+                .battles
+                .get(id)
+                .map(|s| s.battle.snapshot(now))
+        })
+        .collect()
+    }
+
+    /// The live battle a room is in now.
+    pub fn room_battle(&self, room_id: &str) -> Option<BattleSnapshot> {
+        let id = self.inner.shared.rooms.get(room_id)?.clone();
+        self.battle(&id)
+    }
+
+    /// Registers a synchronous observer of every notification.
+    pub fn observe(&self, observer: impl Observer) {
+        self.inner.shared.hub.add_observer(Arc::new(observer));
+    }
+
+    /// Subscribes to notifications from now on.
+    pub fn subscribe(&self, filter: Filter) -> Subscription {
+        self.inner.shared.hub.subscribe_live(filter)
+    }
+
+    /// Subscribes, first replaying every notification after `after_seq` (needs
+    /// [`EngineBuilder::replay_capacity`]); refuses when they are no longer all kept.
+    pub fn subscribe_after(
+        &self,
+        filter: Filter,
+        after_seq: u64,
+    ) -> Result<Subscription, ResumeTooOld> {
+        self.inner.shared.hub.subscribe(filter, Some(after_seq))
+    }
+
+    /// The sequence number of the latest notification.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.shared.hub.last_seq()
+    }
+
+    /// How many async subscriptions are open.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.shared.hub.subscriber_count()
+    }
+
+    /// Live metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.shared.metrics
+    }
+
+    /// Stops the shard tasks after the work already queued (and its store writes) is done.
+    pub async fn shutdown(&self) {
+        for tx in &self.inner.senders {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Command::Shutdown { reply }).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        let handles = match self.inner.handles.lock() {
+            Ok(mut h) => std::mem::take(&mut *h),
+            Err(_) => Vec::new(),
+        };
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Notifications and who hears them: synchronous observers, async subscriptions (all battles,
+//! one battle, one room) and a replay ring for gapless resumption.
+//!
+//! Every notification gets the next value of one engine-wide sequence, under one lock, in the
+//! order it is published; so `seq` is strictly increasing per battle and across battles, and a
+//! subscriber that resumes after `seq` N misses nothing and sees nothing twice.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+
+use dashmap::DashMap;
+use futures_core::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::battle::{BattleSnapshot, State};
+use crate::event::Cause;
+
+/// Where a notification moved a battle: a new state, or `"update"` (same state, fields changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A new state.
+    State(State),
+    /// The same state, with fields changed (serialised as `"update"`).
+    Update,
+}
+
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Target::State(st) => s.serialize_str(st.as_str()),
+            Target::Update => s.serialize_str("update"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Target, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "update" {
+            return Ok(Target::Update);
+        }
+        State::parse(&s)
+            .map(Target::State)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown target {s:?}")))
+    }
+}
+
+/// One change of one battle: everything a countdown UI needs without another query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Engine-wide sequence number (strictly increasing, also per battle).
+    pub seq: u64,
+    /// The previous state; `None` when the battle is new.
+    pub from: Option<State>,
+    /// The new state, or `Update`.
+    pub to: Target,
+    /// What caused it.
+    pub cause: Cause,
+    /// For a timer that fired late (e.g. after a restart), by how many ms.
+    pub late_ms: Option<u64>,
+    /// The battle after the change (with `server_time_ms`, `next_deadline_ms`, reason and
+    /// scores).
+    #[serde(flatten)]
+    pub battle: BattleSnapshot,
+}
+
+/// A synchronous, in-process observer. Called on the engine's shard task in `seq` order; keep it
+/// fast (hand heavy work to a channel).
+pub trait Observer: Send + Sync + 'static {
+    /// Called once per notification.
+    fn notify(&self, n: &Notification);
+}
+
+impl<F: Fn(&Notification) + Send + Sync + 'static> Observer for F {
+    fn notify(&self, n: &Notification) {
+        self(n)
+    }
+}
+
+/// Which notifications a subscription wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Every battle.
+    All,
+    /// One battle.
+    Battle(String),
+    /// Battles involving one room.
+    Room(String),
+}
+
+/// What a subscription yields.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    /// The next notification.
+    Notification(Arc<Notification>),
+    /// The subscriber fell behind and `missed` notifications were dropped for it: re-read a
+    /// snapshot (the engine never slows down for a slow subscriber).
+    Lagged {
+        /// How many were dropped.
+        missed: u64,
+    },
+}
+
+/// A live stream of notifications (`futures_core::Stream`).
+pub struct Subscription {
+    replay: VecDeque<Arc<Notification>>,
+    live: BroadcastStream<Arc<Notification>>,
+    filter: Filter,
+    after_seq: u64,
+}
+
+impl Subscription {
+    /// The next delivery; `None` once the engine shut down.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let this = &mut *self;
+        if let Some(n) = this.replay.pop_front() {
+            this.after_seq = n.seq;
+            return Poll::Ready(Some(Delivery::Notification(n)));
+        }
+        loop {
+            match Pin::new(&mut this.live).poll_next(cx) {
+                Poll::Ready(Some(Ok(n))) => {
+                    // Broadcast channels per battle/room already filter; `All` takes everything.
+                    // Skip what the replay already delivered.
+                    if n.seq <= this.after_seq || !matches_filter(&this.filter, &n) {
+                        continue;
+                    }
+                    this.after_seq = n.seq;
+                    return Poll::Ready(Some(Delivery::Notification(n)));
+                }
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    return Poll::Ready(Some(Delivery::Lagged { missed }))
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+fn matches_filter(filter: &Filter, n: &Notification) -> bool {
+    match filter {
+        Filter::All => true,
+        Filter::Battle(id) => *n.battle.battle_id == **id,
+        Filter::Room(room) => {
+            n.battle.from_room.as_deref() == Some(room.as_str())
+                || n.battle.to_rooms.iter().any(|r| **r == **room)
+                || n.battle.participants.iter().any(|p| *p.room_id == **room)
+        }
+    }
+}
+
+/// Resuming after a sequence number the replay ring no longer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeTooOld {
+    /// The oldest sequence number still replayable (0 when nothing is).
+    pub oldest_available: u64,
+}
+
+pub(crate) struct Hub {
+    inner: Mutex<HubInner>,
+    all: broadcast::Sender<Arc<Notification>>,
+    by_battle: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
+    by_room: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
+    observers: RwLock<Vec<Arc<dyn Observer>>>,
+    channel_capacity: usize,
+    ring_capacity: usize,
+}
+
+struct HubInner {
+    last_seq: u64,
+    ring: VecDeque<Arc<Notification>>,
+}
+
+impl Hub {
+    pub(crate) fn new(channel_capacity: usize, ring_capacity: usize, last_seq: u64) -> Hub {
+        let channel_capacity = channel_capacity.max(1);
+        Hub {
+            inner: Mutex::new(HubInner {
+                last_seq,
+                ring: VecDeque::new(),
+            }),
+            all: broadcast::channel(channel_capacity).0,
+            by_battle: DashMap::new(),
+            by_room: DashMap::new(),
+            observers: RwLock::new(Vec::new()),
+            channel_capacity,
+            ring_capacity,
+        }
+    }
+
+    /// Whether anyone would see a notification (if not, the shard skips building snapshots).
+    pub(crate) fn has_audience(&self) -> bool {
+        self.ring_capacity > 0
+            || self.all.receiver_count() > 0
+            || !self.by_battle.is_empty()
+            || !self.by_room.is_empty()
+            || self.observers.read().map(|o| !o.is_empty()).unwrap_or(false)
+    }
+
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.inner.lock().map(|g| g.last_seq).unwrap_or(0)
+    }
+
+    /// Assigns the next seq and delivers, all under the hub lock so order is global.
+    pub(crate) fn publish(
+        &self,
+        from: Option<State>,
+        to: Target,
+        cause: Cause,
+        late_ms: Option<u64>,
+        battle: BattleSnapshot,
+    ) -> u64 {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        g.last_seq += 1;
+        let n = Arc::new(Notification {
+            seq: g.last_seq,
+            from,
+            to,
+            cause,
+            late_ms,
+            battle,
+        });
+        if let Ok(obs) = self.observers.read() {
+            for o in obs.iter() {
+                o.notify(&n);
+            }
+        }
+        if self.all.receiver_count() > 0 {
+            let _ = self.all.send(n.clone());
+        }
+        send_keyed(&self.by_battle, &n.battle.battle_id, &n);
+        if !self.by_room.is_empty() {
+            let mut rooms: Vec<&str> = n.battle.to_rooms.iter().map(|r| &**r).collect();
+            rooms.extend(n.battle.from_room.as_deref());
+            rooms.extend(n.battle.participants.iter().map(|p| &*p.room_id));
+            rooms.sort_unstable();
+            rooms.dedup();
+            for r in rooms {
+                send_keyed(&self.by_room, r, &n);
+            }
+        }
+        if self.ring_capacity > 0 {
+            if g.ring.len() == self.ring_capacity {
+                g.ring.pop_front();
+            }
+            g.ring.push_back(n.clone());
+        }
+        g.last_seq
+    }
+
+    pub(crate) fn add_observer(&self, o: Arc<dyn Observer>) {
+        if let Ok(mut obs) = self.observers.write() {
+            obs.push(o);
+        }
+    }
+
+    /// Subscribes from now on.
+    pub(crate) fn subscribe_live(&self, filter: Filter) -> Subscription {
+        match self.subscribe(filter.clone(), None) {
+            Ok(s) => s,
+            // Unreachable: without `after_seq` nothing is refused.
+            Err(_) => Subscription {
+                replay: VecDeque::new(),
+                live: BroadcastStream::new(self.all.subscribe()),
+                filter,
+                after_seq: 0,
+            },
+        }
+    }
+
+    /// Subscribes; with `after_seq`, first replays what came after it (or refuses when the ring
+    /// no longer reaches back that far).
+    pub(crate) fn subscribe(
+        &self,
+        filter: Filter,
+        after_seq: Option<u64>,
+    ) -> Result<Subscription, ResumeTooOld> {
+        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut replay = VecDeque::new();
+        let start = match after_seq {
+            None => g.last_seq,
+            Some(after) => {
+                if after < g.last_seq {
+                    let oldest = g.ring.front().map_or(g.last_seq + 1, |n| n.seq);
+                    if after + 1 < oldest || after > g.last_seq {
+                        return Err(ResumeTooOld {
+                            oldest_available: if g.ring.is_empty() { 0 } else { oldest },
+                        });
+                    }
+                    replay.extend(
+                        g.ring
+                            .iter()
+                            .filter(|n| n.seq > after && matches_filter(&filter, n))
+                            .cloned(),
+                    );
+                } else if after > g.last_seq {
+                    return Err(ResumeTooOld {
+                        oldest_available: g.ring.front().map_or(0, |n| n.seq),
+                    });
+                }
+                after
+            }
+        };
+        let rx = match &filter {
+            Filter::All => self.all.subscribe(),
+            Filter::Battle(id) => keyed_receiver(&self.by_battle, id, self.channel_capacity),
+            Filter::Room(r) => keyed_receiver(&self.by_room, r, self.channel_capacity),
+        };
+        drop(g);
+        Ok(Subscription {
+            replay,
+            live: BroadcastStream::new(rx),
+            filter,
+            after_seq: start,
+        })
+    }
+
+    /// Drops per-battle channels nobody listens to any more.
+    pub(crate) fn forget_battle(&self, id: &str) {
+        self.by_battle.remove_if(id, |_, tx| tx.receiver_count() == 0);
+    }
+
+    pub(crate) fn subscriber_count(&self) -> usize {
+        self.all.receiver_count()
+            + self
+                .by_battle
+                .iter()
+                .map(|e| e.value().receiver_count())
+                .sum::<usize>()
+            + self
+                .by_room
+                .iter()
+                .map(|e| e.value().receiver_count())
+                .sum::<usize>()
+    }
+}
+
+fn send_keyed(
+    map: &DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
+    key: &str,
+    n: &Arc<Notification>,
+) {
+    let mut unused = false;
+    if let Some(tx) = map.get(key) {
+        unused = tx.send(n.clone()).is_err();
+    }
+    if unused {
+        map.remove_if(key, |_, tx| tx.receiver_count() == 0);
+    }
+}
+
+fn keyed_receiver(
+    map: &DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
+    key: &str,
+    capacity: usize,
+) -> broadcast::Receiver<Arc<Notification>> {
+    map.entry(key.into())
+        .or_insert_with(|| broadcast::channel(capacity).0)
+        .subscribe()
+}

@@ -1,0 +1,451 @@
+//! The thin async shell: a shard task is the single writer of its battles and the owner of one
+//! timer queue. It feeds inputs to the pure core ([`crate::transition`]) and carries out the
+//! effects: arm/cancel timers, write the store (one batch per wake-up: group commit), publish
+//! notifications, keep the room index, evict, and only then reply.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::time::delay_queue::{self, DelayQueue};
+
+use crate::battle::{Battle, State, Timer};
+use crate::clock::{instant_for, Clock};
+use crate::engine::{Applied, EngineError, Outcome};
+use crate::event::{Cause, Event};
+use crate::metrics::Metrics;
+use crate::notify::{Hub, Target};
+use crate::store::{Store, StoreOp};
+use crate::transition::{apply_event, apply_timer, Change, Effects, Rules};
+
+/// A battle as the shard keeps it: the record and the key of its queued timer.
+pub(crate) struct Slot {
+    pub(crate) battle: Battle,
+    key: Option<delay_queue::Key>,
+}
+
+/// State shared by all shards and the engine handle (read side).
+pub(crate) struct Shared {
+    pub(crate) battles: DashMap<Arc<str>, Slot>,
+    pub(crate) rooms: DashMap<Box<str>, Arc<str>>,
+    pub(crate) hub: Hub,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rules: Rules,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) metrics: Metrics,
+}
+
+/// One routed input: the battle it targets (resolved for `RoomDestroyed`) and the event.
+pub(crate) type Routed = (Arc<str>, Event);
+
+pub(crate) enum Command {
+    Apply {
+        items: Vec<Routed>,
+        reply: oneshot::Sender<Vec<Result<Applied, EngineError>>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+type Reply = (
+    oneshot::Sender<Vec<Result<Applied, EngineError>>>,
+    Vec<Result<Applied, EngineError>>,
+);
+
+struct PendingNote {
+    snapshot: crate::battle::BattleSnapshot,
+    from: Option<State>,
+    to: Target,
+    cause: Cause,
+    late_ms: Option<u64>,
+}
+
+pub(crate) struct Shard {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    queue: DelayQueue<(Arc<str>, Timer)>,
+    /// Evicted ids still inside the dedupe horizon, and when each may be forgotten.
+    evicted: HashMap<Arc<str>, i64>,
+    evicted_order: VecDeque<(i64, Arc<str>)>,
+    // The current batch.
+    ops: Vec<StoreOp>,
+    op_index: HashMap<Arc<str>, usize>,
+    notes: Vec<PendingNote>,
+    replies: Vec<Reply>,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Command>,
+        battles: Vec<Battle>,
+        evicted: Vec<(Arc<str>, i64)>,
+    ) -> Shard {
+        let mut shard = Shard {
+            shared,
+            rx,
+            queue: DelayQueue::new(),
+            evicted: HashMap::new(),
+            evicted_order: VecDeque::new(),
+            ops: Vec::new(),
+            op_index: HashMap::new(),
+            notes: Vec::new(),
+            replies: Vec::new(),
+        };
+        let mut evicted = evicted;
+        evicted.sort_by_key(|(_, at)| *at);
+        for (id, at) in evicted {
+            shard.evicted.insert(id.clone(), at);
+            shard.evicted_order.push_back((at, id));
+        }
+        for b in battles {
+            shard.restore(b);
+        }
+        shard
+    }
+
+    /// Re-inserts a stored battle and re-arms its timer from its absolute deadline; a deadline
+    /// that passed while the process was down fires at once and is reported late.
+    fn restore(&mut self, b: Battle) {
+        let id = b.id.clone();
+        self.shared.metrics.state_moved(None, Some(b.state));
+        if b.state != State::Ended {
+            for r in b.rooms() {
+                self.shared.rooms.insert(r.into(), id.clone());
+            }
+        }
+        let key = b.timer.map(|t| self.insert_timer(&id, t));
+        self.shared.battles.insert(id, Slot { battle: b, key });
+    }
+
+    fn insert_timer(&mut self, id: &Arc<str>, t: Timer) -> delay_queue::Key {
+        self.shared.metrics.timer_armed(false);
+        let at = instant_for(&*self.shared.clock, t.at_ms);
+        self.queue.insert_at((id.clone(), t), at)
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            tokio::select! {
+                biased;
+                n = self.rx.recv_many(&mut buf, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut shutdown = None;
+                    for cmd in buf.drain(..) {
+                        match cmd {
+                            Command::Apply { items, reply } => {
+                                let results = items
+                                    .into_iter()
+                                    .map(|(id, ev)| self.on_event(id, ev))
+                                    .collect();
+                                self.replies.push((reply, results));
+                            }
+                            Command::Shutdown { reply } => shutdown = Some(reply),
+                        }
+                    }
+                    self.fire_due();
+                    self.flush().await;
+                    if let Some(reply) = shutdown {
+                        let _ = reply.send(());
+                        break;
+                    }
+                }
+                Some(expired) = std::future::poll_fn(|cx| self.queue.poll_expired(cx)) => {
+                    self.on_timer(expired.into_inner());
+                    self.fire_due();
+                    self.flush().await;
+                }
+            }
+        }
+    }
+
+    /// Fires every timer already due, without waiting (so one wake-up is one batch).
+    fn fire_due(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Some(expired)) = self.queue.poll_expired(&mut cx) {
+            self.on_timer(expired.into_inner());
+        }
+        self.forget_expired();
+    }
+
+    fn now(&self) -> i64 {
+        self.shared.clock.now_ms()
+    }
+
+    fn on_event(&mut self, id: Arc<str>, event: Event) -> Result<Applied, EngineError> {
+        if self.evicted.contains_key(&id) {
+            self.shared.metrics.event(true);
+            return Ok(Applied::unchanged(Outcome::Evicted, Some(State::Ended), 0));
+        }
+        let now = self.now();
+        let cause = event.cause();
+        let shared = self.shared.clone();
+        let rules = &shared.rules;
+        let mut slot = shared.battles.get_mut(&id);
+        let existing = slot.as_deref_mut().map(|s| &mut s.battle);
+        let before_state = existing.as_ref().map(|b| b.state);
+        let before_timer = existing.as_ref().and_then(|b| b.timer);
+        let before_version = existing.as_ref().map(|b| b.version);
+        let (new, fx) = apply_event(existing, &event, now, rules).map_err(EngineError::Refused)?;
+        self.shared
+            .metrics
+            .event(matches!(fx.change, Change::Duplicate));
+        match new {
+            Some(b) => {
+                drop(slot);
+                if !fx.change.notifies() {
+                    return Ok(Applied::unchanged(Outcome::Unchanged, None, 0));
+                }
+                let key = b.timer.map(|t| self.insert_timer(&id, t));
+                let applied = self.after_change(&b, fx, cause, None, None);
+                self.shared.battles.insert(id, Slot { battle: b, key });
+                Ok(applied)
+            }
+            None => {
+                let Some(slot) = slot.as_deref_mut() else {
+                    return Err(EngineError::Refused(
+                        crate::transition::Refusal::UnknownBattle,
+                    ));
+                };
+                self.retime(slot, &id, before_timer);
+                Ok(self.after_change(&slot.battle, fx, cause, before_state, before_version))
+            }
+        }
+    }
+
+    /// Keeps the queued timer equal to the one the battle wants.
+    fn retime(&mut self, slot: &mut Slot, id: &Arc<str>, before: Option<Timer>) {
+        if slot.battle.timer == before {
+            return;
+        }
+        if let Some(k) = slot.key.take() {
+            self.queue.try_remove(&k);
+            if slot.battle.timer.is_none() {
+                self.shared.metrics.timer_cancelled();
+            }
+        }
+        if let Some(t) = slot.battle.timer {
+            self.shared.metrics.timer_armed(before.is_some());
+            let at = instant_for(&*self.shared.clock, t.at_ms);
+            slot.key = Some(self.queue.insert_at((id.clone(), t), at));
+        }
+    }
+
+    /// Records what a step did: store op, notification, room index, metrics.
+    fn after_change(
+        &mut self,
+        b: &Battle,
+        fx: Effects,
+        cause: Cause,
+        before: Option<State>,
+        before_version: Option<u64>,
+    ) -> Applied {
+        let outcome = match fx.change {
+            Change::Duplicate => Outcome::Duplicate,
+            Change::New(_) => Outcome::New,
+            Change::Transition { .. } => Outcome::Transition,
+            Change::Update => Outcome::Update,
+            Change::None | Change::Evict => Outcome::Unchanged,
+        };
+        if fx.dirty && self.shared.store.is_persistent() {
+            self.put(b, before_version);
+        }
+        if fx.rooms_changed || before != Some(b.state) {
+            self.index_rooms(b);
+        }
+        if fx.change.notifies() {
+            self.shared.metrics.change(cause);
+            if before != Some(b.state) {
+                self.shared.metrics.state_moved(before, Some(b.state));
+            }
+            let to = if before == Some(b.state) {
+                Target::Update
+            } else {
+                Target::State(b.state)
+            };
+            if !self.shared.hub.has_audience() {
+                return Applied {
+                    outcome,
+                    state: Some(b.state),
+                    version: b.version,
+                };
+            }
+            self.notes.push(PendingNote {
+                snapshot: b.snapshot(self.now()),
+                from: before,
+                to,
+                cause,
+                late_ms: fx.late_ms,
+            });
+        }
+        Applied {
+            outcome,
+            state: Some(b.state),
+            version: b.version,
+        }
+    }
+
+    fn put(&mut self, b: &Battle, before_version: Option<u64>) {
+        let battle = Arc::new(b.clone());
+        match self.op_index.get(&b.id) {
+            Some(&i) => {
+                if let Some(StoreOp::Put { battle: slot, .. }) = self.ops.get_mut(i) {
+                    *slot = battle;
+                }
+            }
+            None => {
+                self.op_index.insert(b.id.clone(), self.ops.len());
+                self.ops.push(StoreOp::Put {
+                    battle,
+                    expected_version: before_version,
+                });
+            }
+        }
+    }
+
+    /// The room index maps each room to the live battle it is in; ended battles let go.
+    fn index_rooms(&self, b: &Battle) {
+        let rooms = &self.shared.rooms;
+        if b.state == State::Ended {
+            for r in b.rooms() {
+                rooms.remove_if(r, |_, id| *id == b.id);
+            }
+        } else {
+            for r in b.rooms() {
+                let linked = rooms.get(r).is_some_and(|id| *id == b.id);
+                if !linked {
+                    rooms.insert(r.into(), b.id.clone());
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, (id, timer): (Arc<str>, Timer)) {
+        let now = self.now();
+        let shared = self.shared.clone();
+        let Some(mut slot) = shared.battles.get_mut(&id) else {
+            return;
+        };
+        slot.key = None;
+        let before_state = slot.battle.state;
+        let before_version = slot.battle.version;
+        let fx = apply_timer(&mut slot.battle, timer, now, &shared.rules);
+        let late = u64::try_from(now - timer.at_ms).unwrap_or(0);
+        match fx.change {
+            Change::Evict => {
+                drop(slot);
+                self.shared.metrics.timer_fired(late);
+                self.evict(&id, now);
+            }
+            Change::None => {
+                // Stale: re-queue whatever the battle wants now.
+                self.retime(&mut slot, &id, None);
+            }
+            _ => {
+                self.shared.metrics.timer_fired(late);
+                let cause = match timer.kind {
+                    crate::battle::TimerKind::PendingExpiry => Cause::PendingTimer,
+                    crate::battle::TimerKind::ResponseDeadline => Cause::ResponseTimer,
+                    _ => Cause::EndTimer,
+                };
+                self.retime(&mut slot, &id, None);
+                self.after_change(
+                    &slot.battle,
+                    fx,
+                    cause,
+                    Some(before_state),
+                    Some(before_version),
+                );
+            }
+        }
+    }
+
+    fn evict(&mut self, id: &Arc<str>, now: i64) {
+        let Some((_, slot)) = self.shared.battles.remove(id) else {
+            return;
+        };
+        self.shared.metrics.evicted();
+        self.shared.metrics.state_moved(Some(slot.battle.state), None);
+        for r in slot.battle.rooms() {
+            self.shared.rooms.remove_if(r, |_, b| b == id);
+        }
+        self.shared.hub.forget_battle(id);
+        let forget_at = now.saturating_add(self.shared.rules.dedupe_horizon_ms as i64);
+        self.evicted.insert(id.clone(), forget_at);
+        self.evicted_order.push_back((forget_at, id.clone()));
+        if self.shared.store.is_persistent() {
+            if let Some(i) = self.op_index.remove(id) {
+                // A Put of this batch is superseded by the eviction.
+                self.ops[i] = StoreOp::Forget {
+                    battle_id: id.clone(),
+                };
+            }
+            self.ops.push(StoreOp::Evict {
+                battle_id: id.clone(),
+                forget_at_ms: forget_at,
+            });
+        }
+    }
+
+    fn forget_expired(&mut self) {
+        let now = self.now();
+        while let Some((at, _)) = self.evicted_order.front() {
+            if *at > now {
+                break;
+            }
+            let Some((at, id)) = self.evicted_order.pop_front() else {
+                break;
+            };
+            if self.evicted.get(&id) == Some(&at) {
+                self.evicted.remove(&id);
+                if self.shared.store.is_persistent() {
+                    self.ops.push(StoreOp::Forget { battle_id: id });
+                }
+            }
+        }
+    }
+
+    /// Ends a batch: store first, then notifications, then replies. If the store fails, the
+    /// callers hear of it (and are not acknowledged).
+    async fn flush(&mut self) {
+        let ops = std::mem::take(&mut self.ops);
+        self.op_index.clear();
+        let retry = ops.clone();
+        let stored = if ops.is_empty() {
+            Ok(())
+        } else {
+            self.shared.store.write(ops).await
+        };
+        if let Err(e) = &stored {
+            tracing::error!(error = %e, "store write failed; the batch is not acknowledged and will be retried");
+            // Retry the same changes with the next batch; nothing is acknowledged meanwhile.
+            for op in retry {
+                if let StoreOp::Put { battle, .. } = &op {
+                    self.op_index.insert(battle.id.clone(), self.ops.len());
+                }
+                self.ops.push(op);
+            }
+        }
+        for n in self.notes.drain(..) {
+            self.shared
+                .hub
+                .publish(n.from, n.to, n.cause, n.late_ms, n.snapshot);
+        }
+        for (reply, results) in self.replies.drain(..) {
+            let results = match &stored {
+                Ok(()) => results,
+                Err(e) => results
+                    .into_iter()
+                    .map(|r| r.and(Err(EngineError::Store(e.clone()))))
+                    .collect(),
+            };
+            let _ = reply.send(results);
+        }
+    }
+}

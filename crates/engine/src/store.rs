@@ -1,0 +1,182 @@
+//! The store seam: where battles and their timers (as absolute deadlines) are kept durably.
+//!
+//! The engine writes each shard's changes as one batch (group commit) and acknowledges the events
+//! of the batch only after [`Store::write`] returned. A store is given the whole record, with its
+//! version, so a shared store (Redis) can compare-and-set; timers are part of the record
+//! ([`Battle::timer`]: absolute Unix-ms deadline + generation) and are rebuilt from it on start.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use crate::battle::Battle;
+
+/// A boxed future, for dyn-compatible async store methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One change in a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Insert or replace a battle. `expected_version` is the version the writer read
+    /// (`None`: the battle was new to the writer).
+    Put {
+        /// The full record.
+        battle: Arc<Battle>,
+        /// Compare-and-set guard for shared stores.
+        expected_version: Option<u64>,
+    },
+    /// Retention is over: delete the battle, remember its id until `forget_at_ms` (dedupe).
+    Evict {
+        /// The battle.
+        battle_id: Arc<str>,
+        /// Unix ms after which the id may be forgotten.
+        forget_at_ms: i64,
+    },
+    /// The dedupe horizon of an evicted id is over.
+    Forget {
+        /// The battle.
+        battle_id: Arc<str>,
+    },
+}
+
+/// Everything a store holds, as loaded at start.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// Every live or retained battle.
+    pub battles: Vec<Battle>,
+    /// Evicted ids still inside their dedupe horizon, with the Unix ms they may be forgotten.
+    pub evicted: Vec<(Arc<str>, i64)>,
+}
+
+/// A store error, with what and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Where the engine keeps its state. Implementations must make a `write` durable before it
+/// returns `Ok` and apply a batch atomically.
+pub trait Store: Send + Sync + 'static {
+    /// Loads everything (at start).
+    fn load(&self) -> BoxFuture<'_, Result<Loaded, StoreError>>;
+    /// Applies one batch of changes, atomically and durably.
+    fn write(&self, ops: Vec<StoreOp>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Whether writes are worth making (false for the ephemeral store, so the engine skips
+    /// building batches).
+    fn is_persistent(&self) -> bool {
+        true
+    }
+}
+
+/// Keeps nothing: the engine's own maps are the only copy. The default.
+#[derive(Clone, Debug, Default)]
+pub struct EphemeralStore;
+
+impl Store for EphemeralStore {
+    fn load(&self) -> BoxFuture<'_, Result<Loaded, StoreError>> {
+        Box::pin(async { Ok(Loaded::default()) })
+    }
+    fn write(&self, _ops: Vec<StoreOp>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn is_persistent(&self) -> bool {
+        false
+    }
+}
+
+/// A store in process memory that keeps full records: it outlives an engine, so a new engine
+/// started on it recovers every battle and timer (tests, and the reference for the contract).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    battles: HashMap<Arc<str>, Arc<Battle>>,
+    evicted: HashMap<Arc<str>, i64>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// How many battles it holds.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|g| g.battles.len()).unwrap_or(0)
+    }
+
+    /// Whether it holds no battle.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self) -> BoxFuture<'_, Result<Loaded, StoreError>> {
+        Box::pin(async move {
+            let g = self
+                .inner
+                .lock()
+                .map_err(|_| StoreError("memory store poisoned".into()))?;
+            Ok(Loaded {
+                battles: g.battles.values().map(|b| (**b).clone()).collect(),
+                evicted: g.evicted.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            })
+        })
+    }
+
+    fn write(&self, ops: Vec<StoreOp>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut g = self
+                .inner
+                .lock()
+                .map_err(|_| StoreError("memory store poisoned".into()))?;
+            for op in &ops {
+                if let StoreOp::Put {
+                    battle,
+                    expected_version,
+                } = op
+                {
+                    let current = g.battles.get(&battle.id).map(|b| b.version);
+                    if let (Some(cur), Some(exp)) = (current, expected_version) {
+                        if cur != *exp {
+                            return Err(StoreError(format!(
+                                "version conflict on battle {:?}: stored {cur}, expected {exp}",
+                                battle.id
+                            )));
+                        }
+                    }
+                }
+            }
+            for op in ops {
+                match op {
+                    StoreOp::Put { battle, .. } => {
+                        g.evicted.remove(&battle.id);
+                        g.battles.insert(battle.id.clone(), battle);
+                    }
+                    StoreOp::Evict {
+                        battle_id,
+                        forget_at_ms,
+                    } => {
+                        g.battles.remove(&battle_id);
+                        g.evicted.insert(battle_id, forget_at_ms);
+                    }
+                    StoreOp::Forget { battle_id } => {
+                        g.evicted.remove(&battle_id);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
