@@ -159,9 +159,7 @@ impl EngineBuilder {
     /// called inside a tokio runtime.
     pub async fn start(self) -> Result<Engine, EngineError> {
         let loaded = self.store.load().await.map_err(EngineError::Store)?;
-        let clock = self
-            .clock
-            .unwrap_or_else(|| Arc::new(TokioClock::system()));
+        let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::system()));
         let shared = Arc::new(Shared {
             battles: DashMap::new(),
             rooms: DashMap::new(),
@@ -172,7 +170,8 @@ impl EngineBuilder {
             metrics: Metrics::default(),
         });
         let n = self.shards;
-        let mut per_shard: Vec<(Vec<_>, Vec<_>)> = (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut per_shard: Vec<(Vec<_>, Vec<_>)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
         for b in loaded.battles {
             per_shard[shard_of(&b.id, n)].0.push(b);
         }
@@ -260,12 +259,10 @@ impl Engine {
 
     fn route(&self, event: Event) -> Result<Option<(usize, Routed)>, EngineError> {
         let id: Arc<str> = match &event {
-            Event::RoomDestroyed(d) => {
-                match self.inner.shared.rooms.get(d.room_id.as_str()) {
-                    Some(id) => id.clone(),
-                    None => return Ok(None),
-                }
-            }
+            Event::RoomDestroyed(d) => match self.inner.shared.rooms.get(d.room_id.as_str()) {
+                Some(id) => id.clone(),
+                None => return Ok(None),
+            },
             other => match other.battle_id() {
                 Some(id) if !id.is_empty() => Arc::from(id),
                 _ => return Err(EngineError::Invalid("empty battle id".into())),
@@ -385,14 +382,15 @@ impl Engine {
             .collect();
         ids.sort_unstable();
         ids.truncate(limit);
-        ids.iter().filter_map(|id| {
-            self.inner
-                .shared
-                .battles
-                .get(id)
-                .map(|s| s.battle.snapshot(now))
-        })
-        .collect()
+        ids.iter()
+            .filter_map(|id| {
+                self.inner
+                    .shared
+                    .battles
+                    .get(id)
+                    .map(|s| s.battle.snapshot(now))
+            })
+            .collect()
     }
 
     /// The live battle a room is in now.

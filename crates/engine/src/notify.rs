@@ -208,7 +208,11 @@ impl Hub {
             || self.all.receiver_count() > 0
             || !self.by_battle.is_empty()
             || !self.by_room.is_empty()
-            || self.observers.read().map(|o| !o.is_empty()).unwrap_or(false)
+            || self
+                .observers
+                .read()
+                .map(|o| !o.is_empty())
+                .unwrap_or(false)
     }
 
     pub(crate) fn last_seq(&self) -> u64 {
@@ -331,7 +335,8 @@ impl Hub {
 
     /// Drops per-battle channels nobody listens to any more.
     pub(crate) fn forget_battle(&self, id: &str) {
-        self.by_battle.remove_if(id, |_, tx| tx.receiver_count() == 0);
+        self.by_battle
+            .remove_if(id, |_, tx| tx.receiver_count() == 0);
     }
 
     pub(crate) fn subscriber_count(&self) -> usize {

@@ -137,6 +137,7 @@ impl Shard {
                         break;
                     }
                     let mut shutdown = None;
+                    self.forget_expired();
                     for cmd in buf.drain(..) {
                         match cmd {
                             Command::Apply { items, reply } => {
@@ -371,7 +372,9 @@ impl Shard {
             return;
         };
         self.shared.metrics.evicted();
-        self.shared.metrics.state_moved(Some(slot.battle.state), None);
+        self.shared
+            .metrics
+            .state_moved(Some(slot.battle.state), None);
         for r in slot.battle.rooms() {
             self.shared.rooms.remove_if(r, |_, b| b == id);
         }

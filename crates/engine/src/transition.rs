@@ -327,12 +327,7 @@ fn set_if_changed<T: PartialEq>(slot: &mut Option<T>, value: Option<T>) -> bool 
     }
 }
 
-fn on_created(
-    b: &mut Battle,
-    c: &Created,
-    now_ms: i64,
-    clamp: &dyn Fn(i64) -> i64,
-) -> Effects {
+fn on_created(b: &mut Battle, c: &Created, now_ms: i64, clamp: &dyn Fn(i64) -> i64) -> Effects {
     if b.seen & seen::CREATE != 0 {
         return Effects::of(Change::Duplicate);
     }
@@ -393,19 +388,17 @@ fn on_created(
     }
 }
 
-fn on_started(
-    b: &mut Battle,
-    s: &Started,
-    now_ms: i64,
-    clamp: &dyn Fn(i64) -> i64,
-) -> Effects {
+fn on_started(b: &mut Battle, s: &Started, now_ms: i64, clamp: &dyn Fn(i64) -> i64) -> Effects {
     if b.seen & seen::START != 0 {
         return Effects::of(Change::Duplicate);
     }
     b.seen |= seen::START;
     let mut changed = true;
     if b.seen & seen::CREATE == 0 {
-        set_if_changed(&mut b.created_at_ms, s.create_time_s.map(|t| clamp(t.saturating_mul(1000))));
+        set_if_changed(
+            &mut b.created_at_ms,
+            s.create_time_s.map(|t| clamp(t.saturating_mul(1000))),
+        );
     }
     b.duration_ms = s.duration_ms.or(b.duration_ms);
     let rooms_changed = if b.seen & seen::END == 0 {
@@ -430,7 +423,11 @@ fn on_started(
         }
     }
     Effects {
-        change: if changed { Change::Update } else { Change::None },
+        change: if changed {
+            Change::Update
+        } else {
+            Change::None
+        },
         late_ms: None,
         rooms_changed,
         dirty: true,
@@ -443,7 +440,10 @@ fn on_ended(b: &mut Battle, e: &Ended, now_ms: i64, clamp: &dyn Fn(i64) -> i64) 
     }
     b.seen |= seen::END;
     if b.seen & seen::CREATE == 0 {
-        set_if_changed(&mut b.created_at_ms, e.create_time_s.map(|t| clamp(t.saturating_mul(1000))));
+        set_if_changed(
+            &mut b.created_at_ms,
+            e.create_time_s.map(|t| clamp(t.saturating_mul(1000))),
+        );
     }
     if b.seen & seen::START == 0 {
         b.duration_ms = e.duration_ms.or(b.duration_ms);
@@ -471,12 +471,7 @@ fn on_ended(b: &mut Battle, e: &Ended, now_ms: i64, clamp: &dyn Fn(i64) -> i64) 
     }
 }
 
-fn on_response(
-    b: &mut Battle,
-    room: &str,
-    accept: bool,
-    now_ms: i64,
-) -> Result<Effects, Refusal> {
+fn on_response(b: &mut Battle, room: &str, accept: bool, now_ms: i64) -> Result<Effects, Refusal> {
     let answer = if accept {
         Response::Accepted
     } else {
@@ -563,7 +558,11 @@ fn on_scores(b: &mut Battle, scores: &[(String, i64)]) -> Result<Effects, Refusa
             }
         }
     }
-    Ok(Effects::of(if changed { Change::Update } else { Change::None }))
+    Ok(Effects::of(if changed {
+        Change::Update
+    } else {
+        Change::None
+    }))
 }
 
 /// Awaiting answers: once every invited callee answered, run (someone accepted) or end
@@ -659,7 +658,10 @@ fn replace_members(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> 
 fn fill_owners(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> bool {
     for info in from.into_iter().chain(to) {
         if let Some(p) = b.participant_mut(&info.room_id) {
-            set_if_none(&mut p.owner_account, info.owner_account.as_deref().map(Into::into));
+            set_if_none(
+                &mut p.owner_account,
+                info.owner_account.as_deref().map(Into::into),
+            );
         }
     }
     false
