@@ -1,0 +1,148 @@
+//! The callback's query string, with keys matched case-insensitively.
+//!
+//! Tencent appends `?SdkAppid=…&CallbackCommand=…&contenttype=json&ClientIP=…&OptPlatform=…`
+//! and, with token auth, `&Sign=…&RequestTime=…`. The docs spell the first key both `SdkAppid`
+//! and `SdkAppId`, and one English page calls the command `WebhookCommand`, so keys are compared
+//! ignoring ASCII case and `WebhookCommand` stands in for a missing `CallbackCommand`. Unknown
+//! keys are ignored. A key given twice with different values is refused as ambiguous.
+
+use crate::reply::{Reason, Refusal};
+
+/// The parameters of one callback URL, percent-decoded. Absent parameters are `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallbackQuery {
+    /// `SdkAppid` / `SdkAppId`.
+    pub sdk_app_id: Option<String>,
+    /// `CallbackCommand` (or `WebhookCommand`).
+    pub callback_command: Option<String>,
+    /// `contenttype` (always `json`; not checked).
+    pub content_type: Option<String>,
+    /// `ClientIP`, opaque.
+    pub client_ip: Option<String>,
+    /// `OptPlatform`, opaque (`RESTAPI`, `Web`, `Android`, `iOS`, … or anything else).
+    pub opt_platform: Option<String>,
+    /// `Sign`: hex sha256 of token + RequestTime.
+    pub sign: Option<String>,
+    /// `RequestTime`, as sent (decimal Unix seconds).
+    pub request_time: Option<String>,
+}
+
+const KEYS: [&str; 7] = [
+    "SdkAppid",
+    "CallbackCommand",
+    "contenttype",
+    "ClientIP",
+    "OptPlatform",
+    "Sign",
+    "RequestTime",
+];
+
+impl CallbackQuery {
+    /// Parses a raw query string (without the leading `?`).
+    ///
+    /// ```
+    /// use livebattle_ingest::CallbackQuery;
+    /// let q = CallbackQuery::parse("sdkappid=1400000001&CALLBACKCOMMAND=Live.CallbackAfterEndBattle").unwrap();
+    /// assert_eq!(q.sdk_app_id.as_deref(), Some("1400000001"));
+    /// assert_eq!(q.callback_command.as_deref(), Some("Live.CallbackAfterEndBattle"));
+    /// ```
+    pub fn parse(raw: &str) -> Result<CallbackQuery, Refusal> {
+        let mut q = CallbackQuery::default();
+        let mut webhook_command: Option<String> = None;
+        for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+            let slot = if key.eq_ignore_ascii_case("WebhookCommand") {
+                &mut webhook_command
+            } else {
+                match KEYS.iter().position(|k| key.eq_ignore_ascii_case(k)) {
+                    Some(i) => q.slot(i),
+                    None => continue,
+                }
+            };
+            match slot {
+                Some(existing) if *existing != value => {
+                    return Err(Refusal::new(
+                        Reason::AmbiguousQuery,
+                        format!("query parameter {key} is given twice with different values"),
+                    ));
+                }
+                Some(_) => {}
+                None => *slot = Some(value.into_owned()),
+            }
+        }
+        if q.callback_command.is_none() {
+            q.callback_command = webhook_command;
+        }
+        Ok(q)
+    }
+
+    fn slot(&mut self, i: usize) -> &mut Option<String> {
+        match i {
+            0 => &mut self.sdk_app_id,
+            1 => &mut self.callback_command,
+            2 => &mut self.content_type,
+            3 => &mut self.client_ip,
+            4 => &mut self.opt_platform,
+            5 => &mut self.sign,
+            _ => &mut self.request_time,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_url() {
+        let q = CallbackQuery::parse(
+            "SdkAppid=1400000001&CallbackCommand=Live.CallbackAfterStartBattle&contenttype=json\
+             &ClientIP=127.0.0.1&OptPlatform=RESTAPI\
+             &Sign=17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061&RequestTime=1669872112",
+        )
+        .unwrap();
+        assert_eq!(q.sdk_app_id.as_deref(), Some("1400000001"));
+        assert_eq!(
+            q.callback_command.as_deref(),
+            Some("Live.CallbackAfterStartBattle")
+        );
+        assert_eq!(q.content_type.as_deref(), Some("json"));
+        assert_eq!(q.client_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(q.opt_platform.as_deref(), Some("RESTAPI"));
+        assert_eq!(q.request_time.as_deref(), Some("1669872112"));
+        assert_eq!(q.sign.as_deref().map(str::len), Some(64));
+    }
+
+    #[test]
+    fn keys_any_case_and_percent_decoded() {
+        let q =
+            CallbackQuery::parse("SdkAppId=1&callbackcommand=Live.X%2EY&clientip=%3A%3A1").unwrap();
+        assert_eq!(q.sdk_app_id.as_deref(), Some("1"));
+        assert_eq!(q.callback_command.as_deref(), Some("Live.X.Y"));
+        assert_eq!(q.client_ip.as_deref(), Some("::1"));
+        assert_eq!(q.sign, None);
+    }
+
+    #[test]
+    fn webhook_command_alias_only_fills_a_gap() {
+        let q = CallbackQuery::parse("WebhookCommand=A.B").unwrap();
+        assert_eq!(q.callback_command.as_deref(), Some("A.B"));
+        let q = CallbackQuery::parse("WebhookCommand=A.B&CallbackCommand=C.D").unwrap();
+        assert_eq!(q.callback_command.as_deref(), Some("C.D"));
+    }
+
+    #[test]
+    fn conflicting_duplicates_refused_equal_ones_kept() {
+        let e = CallbackQuery::parse("SdkAppid=1&SdkAppId=2").unwrap_err();
+        assert_eq!(e.reason, Reason::AmbiguousQuery);
+        assert!(e.info.contains("SdkAppId"), "{}", e.info);
+        let q = CallbackQuery::parse("SdkAppid=1&SDKAPPID=1").unwrap();
+        assert_eq!(q.sdk_app_id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        for raw in ["", "&&&", "=", "%", "%zz=%", "a=b=c", "\u{0}=\u{ffff}"] {
+            let _ = CallbackQuery::parse(raw);
+        }
+    }
+}
