@@ -1,0 +1,207 @@
+//! Subscriptions (filters, lag, resume) and the store seam (restart recovery, late timers).
+
+mod common;
+
+use common::*;
+use livebattle_engine::{
+    Cause, Delivery, EndReason, Filter, MemoryStore, Outcome, State, Store, StoreError, StoreOp,
+    Target,
+};
+
+fn seq_of(d: Delivery) -> (u64, String) {
+    match d {
+        Delivery::Notification(n) => (n.seq, n.battle.battle_id.to_string()),
+        Delivery::Lagged { missed } => panic!("unexpected lag of {missed}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscriptions_filter_by_battle_and_room() {
+    let e = engine().await;
+    let mut all = e.subscribe(Filter::All);
+    let mut one = e.subscribe(Filter::Battle("b".into()));
+    let mut room = e.subscribe(Filter::Room("pk-9".into()));
+    e.apply(create("a", false, T0)).await.unwrap();
+    e.apply(create("b", false, T0)).await.unwrap();
+    let mut c = create("c", false, T0);
+    if let livebattle_engine::Event::Created(c) = &mut c {
+        c.to_rooms = vec!["pk-9".into()];
+    }
+    e.apply(c).await.unwrap();
+    let (s1, id1) = seq_of(all.next().await.unwrap());
+    let (s2, _) = seq_of(all.next().await.unwrap());
+    let (s3, _) = seq_of(all.next().await.unwrap());
+    assert_eq!(id1, "a");
+    assert!(s1 < s2 && s2 < s3);
+    assert_eq!(seq_of(one.next().await.unwrap()).1, "b");
+    assert_eq!(seq_of(room.next().await.unwrap()).1, "c");
+    assert_eq!(e.subscriber_count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_subscriber_is_told_it_lagged_and_never_slows_the_engine() {
+    let e = builder().channel_capacity(4).start().await.unwrap();
+    let mut slow = e.subscribe(Filter::All);
+    for i in 0..20 {
+        e.apply(create(&format!("b{i}"), false, T0)).await.unwrap();
+    }
+    match slow.next().await.unwrap() {
+        Delivery::Lagged { missed } => assert_eq!(missed, 16),
+        other => panic!("expected lag, got {other:?}"),
+    }
+    // After the lag it continues with what is still buffered.
+    assert!(matches!(
+        slow.next().await.unwrap(),
+        Delivery::Notification(_)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_after_a_seq_has_no_gap_and_no_duplicate() {
+    let e = builder().replay_capacity(100).start().await.unwrap();
+    for i in 0..5 {
+        e.apply(create(&format!("b{i}"), false, T0)).await.unwrap();
+    }
+    let last = e.last_seq();
+    assert_eq!(last, 5);
+    let mut sub = e.subscribe_after(Filter::All, 2).unwrap();
+    for i in 5..7 {
+        e.apply(create(&format!("b{i}"), false, T0)).await.unwrap();
+    }
+    let seqs: Vec<u64> = [(); 4]
+        .iter()
+        .map(|_| ())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|_| 0)
+        .collect();
+    let mut got = Vec::new();
+    for _ in seqs {
+        got.push(seq_of(sub.next().await.unwrap()).0);
+    }
+    assert_eq!(got, vec![3, 4, 5, 6]);
+    let next = seq_of(sub.next().await.unwrap()).0;
+    assert_eq!(next, 7);
+    // Too old: refused, so the client re-reads a snapshot.
+    let small = builder().replay_capacity(2).start().await.unwrap();
+    for i in 0..5 {
+        small
+            .apply(create(&format!("b{i}"), false, T0))
+            .await
+            .unwrap();
+    }
+    let err = small.subscribe_after(Filter::All, 1).err().unwrap();
+    assert_eq!(err.oldest_available, 4);
+    assert!(small.subscribe_after(Filter::All, 3).is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_rebuilds_battles_and_fires_overdue_timers_once_marked_late() {
+    let store = MemoryStore::new();
+    // One wall clock across the "restart", as the real one would be.
+    let clock = std::sync::Arc::new(livebattle_engine::TokioClock::starting_at(T0));
+    let e = builder()
+        .clock(clock.clone())
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    e.apply(create("soon", false, T0)).await.unwrap();
+    let mut later = create("later", false, T0);
+    if let livebattle_engine::Event::Created(c) = &mut later {
+        c.duration_ms = Some(120_000);
+        c.from_room = Some("pk-30".into());
+        c.to_rooms = vec!["pk-50".into()];
+    }
+    e.apply(later).await.unwrap();
+    e.apply(create("dup", false, T0)).await.unwrap();
+    e.apply(end("dup", T0, T0 + 1_000, 1)).await.unwrap();
+    e.shutdown().await;
+    assert_eq!(store.len(), 3);
+
+    // Down for 70 s: "soon" (ends at T0+60 s) is overdue.
+    tokio::time::sleep(std::time::Duration::from_secs(70)).await;
+    let e2 = builder()
+        .clock(clock)
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    let rec = Recorder::attach(&e2);
+    settle().await;
+    let soon = e2.battle("soon").unwrap();
+    assert_eq!(soon.state, State::Ended);
+    assert_eq!(soon.ended_at_ms, Some(T0 + 60_000));
+    let notes = rec.for_battle("soon");
+    assert_eq!(notes.len(), 1, "fired exactly once");
+    assert_eq!(notes[0].cause, Cause::EndTimer);
+    assert_eq!(notes[0].late_ms, Some(10_000));
+    // "later" still runs, and ends at its original deadline.
+    assert_eq!(e2.battle("later").unwrap().state, State::Running);
+    // The dedupe memory survived.
+    let a = e2.apply(end("dup", T0, T0 + 1_000, 1)).await.unwrap();
+    assert_eq!(a.outcome, Outcome::Duplicate);
+    assert_eq!(
+        e2.room_battle("pk-50").map(|b| b.battle_id.to_string()),
+        Some("later".into())
+    );
+    assert_eq!(e2.metrics().snapshot().timers_fired, 1);
+    assert_eq!(
+        e2.battle("dup").unwrap().end_reason,
+        Some(EndReason::AllExited)
+    );
+    at(&e2, 120_000).await;
+    let later = e2.battle("later").unwrap();
+    assert_eq!(later.ended_at_ms, Some(T0 + 120_000));
+    assert_eq!(rec.for_battle("later")[0].late_ms, Some(0));
+}
+
+/// A store that fails until told otherwise.
+#[derive(Clone, Default)]
+struct Flaky {
+    inner: MemoryStore,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for Flaky {
+    fn load(
+        &self,
+    ) -> livebattle_engine::store::BoxFuture<'_, Result<livebattle_engine::Loaded, StoreError>>
+    {
+        self.inner.load()
+    }
+    fn write(
+        &self,
+        ops: Vec<StoreOp>,
+    ) -> livebattle_engine::store::BoxFuture<'_, Result<(), StoreError>> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            Box::pin(async { Err(StoreError("disk on fire".into())) })
+        } else {
+            self.inner.write(ops)
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_acknowledged_before_it_is_stored() {
+    let store = Flaky::default();
+    let e = builder().store(store.clone()).start().await.unwrap();
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = e.apply(create("b", false, T0)).await.unwrap_err();
+    assert!(err.to_string().contains("disk on fire"));
+    assert!(store.inner.is_empty());
+    // The retry (Tencent's, or any) is acknowledged only once the change is stored.
+    let err = e.apply(create("b", false, T0)).await.unwrap_err();
+    assert!(matches!(err, livebattle_engine::EngineError::Store(_)));
+    store
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let a = e.apply(create("b", false, T0)).await.unwrap();
+    assert_eq!(a.outcome, Outcome::Duplicate);
+    assert_eq!(store.inner.len(), 1);
+    let n = e.battle("b").unwrap();
+    assert_eq!(n.state, State::Running);
+    let _ = Target::Update;
+}
