@@ -169,6 +169,7 @@ impl EngineBuilder {
             store: self.store,
             metrics: Metrics::default(),
         });
+        shared.hub.restore(loaded.notifications, 0);
         let n = self.shards;
         let mut per_shard: Vec<(Vec<_>, Vec<_>)> =
             (0..n).map(|_| (Vec::new(), Vec::new())).collect();

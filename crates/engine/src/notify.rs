@@ -172,6 +172,7 @@ pub struct ResumeTooOld {
 
 pub(crate) struct Hub {
     inner: Mutex<HubInner>,
+    commit: tokio::sync::Mutex<()>,
     all: broadcast::Sender<Arc<Notification>>,
     by_battle: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
     by_room: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
@@ -193,6 +194,7 @@ impl Hub {
                 last_seq,
                 ring: VecDeque::new(),
             }),
+            commit: tokio::sync::Mutex::new(()),
             all: broadcast::channel(channel_capacity).0,
             by_battle: DashMap::new(),
             by_room: DashMap::new(),
@@ -219,34 +221,44 @@ impl Hub {
         self.inner.lock().map(|g| g.last_seq).unwrap_or(0)
     }
 
-    /// Assigns the next seq and delivers, all under the hub lock so order is global.
-    pub(crate) fn publish(
-        &self,
-        from: Option<State>,
-        to: Target,
-        cause: Cause,
-        late_ms: Option<u64>,
-        battle: BattleSnapshot,
-    ) -> u64 {
+    /// Numbers the notifications of one batch (`seq` continues from the last delivered one)
+    /// without delivering them. Callers that store before delivering hold [`Hub::commit`] from
+    /// here to [`Hub::deliver`], so no other batch takes these numbers.
+    pub(crate) fn number(&self, notes: &mut [Notification]) {
+        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for (n, seq) in notes.iter_mut().zip(g.last_seq + 1..) {
+            n.seq = seq;
+        }
+    }
+
+    /// Delivers numbered notifications: observers, subscriptions and the replay ring.
+    pub(crate) fn deliver(&self, batch: Vec<Notification>) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        g.last_seq += 1;
-        let n = Arc::new(Notification {
-            seq: g.last_seq,
-            from,
-            to,
-            cause,
-            late_ms,
-            battle,
-        });
+        for n in batch {
+            self.deliver_one(&mut g, &Arc::new(n));
+        }
+    }
+
+    /// Numbers and delivers at once (when nothing is stored in between).
+    pub(crate) fn publish(&self, batch: Vec<Notification>) {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for (mut n, seq) in batch.into_iter().zip(g.last_seq + 1..) {
+            n.seq = seq;
+            self.deliver_one(&mut g, &Arc::new(n));
+        }
+    }
+
+    fn deliver_one(&self, g: &mut HubInner, n: &Arc<Notification>) {
+        g.last_seq = n.seq;
         if let Ok(obs) = self.observers.read() {
             for o in obs.iter() {
-                o.notify(&n);
+                o.notify(n);
             }
         }
         if self.all.receiver_count() > 0 {
             let _ = self.all.send(n.clone());
         }
-        send_keyed(&self.by_battle, &n.battle.battle_id, &n);
+        send_keyed(&self.by_battle, &n.battle.battle_id, n);
         if !self.by_room.is_empty() {
             let mut rooms: Vec<&str> = n.battle.to_rooms.iter().map(|r| &**r).collect();
             rooms.extend(n.battle.from_room.as_deref());
@@ -254,7 +266,7 @@ impl Hub {
             rooms.sort_unstable();
             rooms.dedup();
             for r in rooms {
-                send_keyed(&self.by_room, r, &n);
+                send_keyed(&self.by_room, r, n);
             }
         }
         if self.ring_capacity > 0 {
@@ -263,7 +275,25 @@ impl Hub {
             }
             g.ring.push_back(n.clone());
         }
-        g.last_seq
+    }
+
+    /// Serialises store-then-publish batches across shards (held across the store write).
+    pub(crate) fn commit(&self) -> &tokio::sync::Mutex<()> {
+        &self.commit
+    }
+
+    /// How many recent notifications are replayable (and so worth storing).
+    pub(crate) fn ring_capacity(&self) -> usize {
+        self.ring_capacity
+    }
+
+    /// Restores the replay ring and the sequence from a store.
+    pub(crate) fn restore(&self, mut stored: Vec<Notification>, last_seq: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        stored.sort_by_key(|n| n.seq);
+        let skip = stored.len().saturating_sub(self.ring_capacity);
+        g.ring = stored.into_iter().skip(skip).map(Arc::new).collect();
+        g.last_seq = last_seq.max(g.ring.back().map_or(0, |n| n.seq));
     }
 
     pub(crate) fn add_observer(&self, o: Arc<dyn Observer>) {

@@ -16,7 +16,7 @@ use crate::clock::{instant_for, Clock};
 use crate::engine::{Applied, EngineError, Outcome};
 use crate::event::{Cause, Event};
 use crate::metrics::Metrics;
-use crate::notify::{Hub, Target};
+use crate::notify::{Hub, Notification, Target};
 use crate::store::{Store, StoreOp};
 use crate::transition::{apply_event, apply_timer, Change, Effects, Rules};
 
@@ -55,14 +55,6 @@ type Reply = (
     Vec<Result<Applied, EngineError>>,
 );
 
-struct PendingNote {
-    snapshot: crate::battle::BattleSnapshot,
-    from: Option<State>,
-    to: Target,
-    cause: Cause,
-    late_ms: Option<u64>,
-}
-
 pub(crate) struct Shard {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
@@ -73,8 +65,10 @@ pub(crate) struct Shard {
     // The current batch.
     ops: Vec<StoreOp>,
     op_index: HashMap<Arc<str>, usize>,
-    notes: Vec<PendingNote>,
+    notes: Vec<Notification>,
     replies: Vec<Reply>,
+    /// After a failed store write: when to try the pending changes again.
+    retry_at: Option<tokio::time::Instant>,
 }
 
 impl Shard {
@@ -94,6 +88,7 @@ impl Shard {
             op_index: HashMap::new(),
             notes: Vec::new(),
             replies: Vec::new(),
+            retry_at: None,
         };
         let mut evicted = evicted;
         evicted.sort_by_key(|(_, at)| *at);
@@ -160,6 +155,9 @@ impl Shard {
                 Some(expired) = std::future::poll_fn(|cx| self.queue.poll_expired(cx)) => {
                     self.on_timer(expired.into_inner());
                     self.fire_due();
+                    self.flush().await;
+                }
+                () = sleep_until_some(self.retry_at) => {
                     self.flush().await;
                 }
             }
@@ -270,19 +268,20 @@ impl Shard {
             } else {
                 Target::State(b.state)
             };
-            if !self.shared.hub.has_audience() {
+            if !self.shared.hub.has_audience() && !self.shared.store.is_persistent() {
                 return Applied {
                     outcome,
                     state: Some(b.state),
                     version: b.version,
                 };
             }
-            self.notes.push(PendingNote {
-                snapshot: b.snapshot(self.now()),
+            self.notes.push(Notification {
+                seq: 0,
                 from: before,
                 to,
                 cause,
                 late_ms: fx.late_ms,
+                battle: b.snapshot(self.now()),
             });
         }
         Applied {
@@ -415,33 +414,62 @@ impl Shard {
     }
 
     /// Ends a batch: store first, then notifications, then replies. If the store fails, the
-    /// callers hear of it (and are not acknowledged).
+    /// callers hear of it (they are not acknowledged), observers hear nothing, and the changes
+    /// are retried with the next batch.
     async fn flush(&mut self) {
-        let ops = std::mem::take(&mut self.ops);
+        let shared = self.shared.clone();
+        let hub = &shared.hub;
+        if !shared.store.is_persistent() {
+            if !self.notes.is_empty() {
+                hub.publish(std::mem::take(&mut self.notes));
+            }
+            self.reply(&Ok(()));
+            return;
+        }
+        if self.ops.is_empty() && self.notes.is_empty() {
+            self.reply(&Ok(()));
+            return;
+        }
+        // Numbering, storing and delivering are one critical section across shards, so the
+        // stored order, the seq order and the delivery order agree.
+        let _commit = hub.commit().lock().await;
+        let mut notes = std::mem::take(&mut self.notes);
+        hub.number(&mut notes);
+        let mut ops = std::mem::take(&mut self.ops);
         self.op_index.clear();
         let retry = ops.clone();
-        let stored = if ops.is_empty() {
-            Ok(())
-        } else {
-            self.shared.store.write(ops).await
-        };
-        if let Err(e) = &stored {
-            tracing::error!(error = %e, "store write failed; the batch is not acknowledged and will be retried");
-            // Retry the same changes with the next batch; nothing is acknowledged meanwhile.
-            for op in retry {
-                if let StoreOp::Put { battle, .. } = &op {
-                    self.op_index.insert(battle.id.clone(), self.ops.len());
+        if let Some(last) = notes.last() {
+            let keep_from_seq = last
+                .seq
+                .saturating_sub(hub.ring_capacity().max(1) as u64 - 1);
+            ops.extend(notes.iter().map(|n| StoreOp::Notify {
+                notification: Arc::new(n.clone()),
+                keep_from_seq,
+            }));
+        }
+        let stored = shared.store.write(ops).await;
+        self.retry_at = None;
+        match &stored {
+            Ok(()) => hub.deliver(notes),
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed; the batch is not acknowledged and will be retried");
+                for op in retry {
+                    if let StoreOp::Put { battle, .. } = &op {
+                        self.op_index.insert(battle.id.clone(), self.ops.len());
+                    }
+                    self.ops.push(op);
                 }
-                self.ops.push(op);
+                self.notes = notes;
+                self.retry_at =
+                    Some(tokio::time::Instant::now() + std::time::Duration::from_millis(100));
             }
         }
-        for n in self.notes.drain(..) {
-            self.shared
-                .hub
-                .publish(n.from, n.to, n.cause, n.late_ms, n.snapshot);
-        }
+        self.reply(&stored);
+    }
+
+    fn reply(&mut self, stored: &Result<(), crate::store::StoreError>) {
         for (reply, results) in self.replies.drain(..) {
-            let results = match &stored {
+            let results = match stored {
                 Ok(()) => results,
                 Err(e) => results
                     .into_iter()
@@ -450,5 +478,13 @@ impl Shard {
             };
             let _ = reply.send(results);
         }
+    }
+}
+
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use crate::battle::Battle;
+use crate::notify::Notification;
 
 /// A boxed future, for dyn-compatible async store methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,6 +39,14 @@ pub enum StoreOp {
         /// The battle.
         battle_id: Arc<str>,
     },
+    /// A notification, kept for resuming subscriptions across a restart; notifications with a
+    /// `seq` below `keep_from_seq` may be dropped.
+    Notify {
+        /// The notification (with its `seq`).
+        notification: Arc<Notification>,
+        /// The oldest `seq` still worth keeping.
+        keep_from_seq: u64,
+    },
 }
 
 /// Everything a store holds, as loaded at start.
@@ -47,6 +56,8 @@ pub struct Loaded {
     pub battles: Vec<Battle>,
     /// Evicted ids still inside their dedupe horizon, with the Unix ms they may be forgotten.
     pub evicted: Vec<(Arc<str>, i64)>,
+    /// The most recent notifications kept, any order.
+    pub notifications: Vec<Notification>,
 }
 
 /// A store error, with what and where.
@@ -102,6 +113,7 @@ pub struct MemoryStore {
 struct MemoryInner {
     battles: HashMap<Arc<str>, Arc<Battle>>,
     evicted: HashMap<Arc<str>, i64>,
+    notifications: std::collections::BTreeMap<u64, Arc<Notification>>,
 }
 
 impl MemoryStore {
@@ -131,6 +143,7 @@ impl Store for MemoryStore {
             Ok(Loaded {
                 battles: g.battles.values().map(|b| (**b).clone()).collect(),
                 evicted: g.evicted.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                notifications: g.notifications.values().map(|n| (**n).clone()).collect(),
             })
         })
     }
@@ -173,6 +186,13 @@ impl Store for MemoryStore {
                     }
                     StoreOp::Forget { battle_id } => {
                         g.evicted.remove(&battle_id);
+                    }
+                    StoreOp::Notify {
+                        notification,
+                        keep_from_seq,
+                    } => {
+                        g.notifications.insert(notification.seq, notification);
+                        g.notifications = g.notifications.split_off(&keep_from_seq);
                     }
                 }
             }

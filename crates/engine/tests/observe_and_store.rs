@@ -205,3 +205,47 @@ async fn nothing_is_acknowledged_before_it_is_stored() {
     assert_eq!(n.state, State::Running);
     let _ = Target::Update;
 }
+
+#[tokio::test(start_paused = true)]
+async fn seq_and_resume_continue_across_a_restart() {
+    let store = MemoryStore::new();
+    let clock = std::sync::Arc::new(livebattle_engine::TokioClock::starting_at(T0));
+    let first = builder()
+        .clock(clock.clone())
+        .store(store.clone())
+        .replay_capacity(100)
+        .start()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        first
+            .apply(create(&format!("b{i}"), false, T0))
+            .await
+            .unwrap();
+    }
+    assert_eq!(first.last_seq(), 3);
+    first.shutdown().await;
+    let second = builder()
+        .clock(clock)
+        .store(store)
+        .replay_capacity(100)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(second.last_seq(), 3);
+    let mut sub = second.subscribe_after(Filter::All, 1).unwrap();
+    second.apply(create("b3", false, T0)).await.unwrap();
+    let got: Vec<u64> = [
+        sub.next().await.unwrap(),
+        sub.next().await.unwrap(),
+        sub.next().await.unwrap(),
+    ]
+    .into_iter()
+    .map(|d| seq_of(d).0)
+    .collect();
+    assert_eq!(
+        got,
+        vec![2, 3, 4],
+        "no gap, no duplicate across the restart"
+    );
+}
