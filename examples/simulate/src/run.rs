@@ -1,0 +1,367 @@
+//! The run: battles started at the chosen rate, their webhooks sent on schedule over a keep-alive
+//! pool, each battle verified once it should have settled, and the summary.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::args::Args;
+use crate::plan::{self, BattlePlan, Delivery, PlanConfig};
+use crate::tencent;
+
+/// How many error messages are printed in full.
+const ERROR_SAMPLES: usize = 10;
+
+/// Counters and ack latencies.
+#[derive(Default)]
+struct Stats {
+    sent: AtomicU64,
+    acks: AtomicU64,
+    errors: AtomicU64,
+    verified: AtomicU64,
+    mismatches: AtomicU64,
+    /// Ack latencies, microseconds.
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+impl Stats {
+    fn error(&self, message: String) {
+        let n = self.errors.fetch_add(1, Ordering::Relaxed);
+        if n < ERROR_SAMPLES as u64 {
+            eprintln!("error: {message}");
+        } else if n == ERROR_SAMPLES as u64 {
+            eprintln!("error: (further errors are only counted)");
+        }
+    }
+}
+
+struct Shared {
+    client: reqwest::Client,
+    url: String,
+    api_base: String,
+    sdk_app_id: String,
+    token: Option<String>,
+    verify: bool,
+    verify_patience: Duration,
+    verbose: bool,
+    inflight: Semaphore,
+    stats: Stats,
+    /// Wall-clock ms at `origin`.
+    origin_wall_ms: i64,
+    origin: Instant,
+}
+
+impl Shared {
+    /// The monotonic instant at which the wall clock reads `wall_ms`.
+    fn instant_of(&self, wall_ms: i64) -> Instant {
+        let offset = wall_ms.saturating_sub(self.origin_wall_ms).max(0) as u64;
+        self.origin + Duration::from_millis(offset)
+    }
+
+    /// The wall clock, derived from the monotonic one (so schedules never jump).
+    fn wall_ms(&self) -> i64 {
+        self.origin_wall_ms + self.origin.elapsed().as_millis() as i64
+    }
+}
+
+/// Runs the whole simulation; the exit code tells whether everything was acknowledged and
+/// verified.
+pub async fn run(args: Args) -> ExitCode {
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    let client = match reqwest::Client::builder()
+        .pool_max_idle_per_host(args.max_inflight)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .timeout(Duration::from_millis(args.request_timeout_ms))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("livebattle-simulate: cannot build the HTTP client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let count = args.battle_count();
+    let cfg: PlanConfig = args.plan_config();
+    println!(
+        "livebattle-simulate: {count} battles at {}/s -> {} (seed {seed}, mix {}, duration {}..{} ms, \
+         timeout {}..{} ms, verify {})",
+        args.rate,
+        args.url,
+        args.mix,
+        args.min_duration_ms,
+        args.max_duration_ms,
+        args.min_timeout_ms,
+        args.max_timeout_ms,
+        args.verify,
+    );
+    let shared = Arc::new(Shared {
+        client,
+        url: args.url.clone(),
+        api_base: args.api_base(),
+        sdk_app_id: args.sdk_app_id.clone(),
+        token: args.token.clone(),
+        verify: args.verify,
+        verify_patience: Duration::from_millis(args.verify_patience_ms),
+        verbose: args.verbose,
+        inflight: Semaphore::new(args.max_inflight),
+        stats: Stats::default(),
+        origin_wall_ms: unix_ms(),
+        origin: Instant::now(),
+    });
+
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut battles = JoinSet::new();
+    let mut scenarios: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut quirks: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for i in 0..count {
+        let due = shared.origin + Duration::from_secs_f64(i as f64 / args.rate);
+        tokio::time::sleep_until(due).await;
+        let plan = plan::plan(&mut rng, shared.wall_ms(), &cfg);
+        *scenarios.entry(plan.scenario.name()).or_default() += 1;
+        for q in &plan.quirks {
+            *quirks.entry(q.name()).or_default() += 1;
+        }
+        battles.spawn(run_battle(shared.clone(), plan));
+    }
+    while let Some(done) = battles.join_next().await {
+        if let Err(e) = done {
+            shared.stats.error(format!("a battle task failed: {e}"));
+        }
+    }
+
+    let s = &shared.stats;
+    let mut lat = std::mem::take(
+        &mut *s
+            .latencies_us
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    lat.sort_unstable();
+    let (sent, acks, errors) = (
+        s.sent.load(Ordering::Relaxed),
+        s.acks.load(Ordering::Relaxed),
+        s.errors.load(Ordering::Relaxed),
+    );
+    let (verified, mismatches) = (
+        s.verified.load(Ordering::Relaxed),
+        s.mismatches.load(Ordering::Relaxed),
+    );
+    println!("scenarios: {}", join_counts(&scenarios));
+    println!("quirks: {}", join_counts(&quirks));
+    println!(
+        "summary: battles={count} sent={sent} acks={acks} errors={errors} verified={verified} \
+         mismatches={mismatches} ack_p50_ms={:.2} ack_p99_ms={:.2} elapsed_s={:.1}",
+        percentile_ms(&lat, 0.50),
+        percentile_ms(&lat, 0.99),
+        shared.origin.elapsed().as_secs_f64(),
+    );
+    if errors > 0 || mismatches > 0 || acks != sent {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Sends one battle's webhooks on schedule, then (with `--verify`) checks its final state.
+async fn run_battle(shared: Arc<Shared>, plan: BattlePlan) {
+    let plan = Arc::new(plan);
+    let mut sends = JoinSet::new();
+    for i in 0..plan.deliveries.len() {
+        let (shared, plan) = (shared.clone(), plan.clone());
+        sends.spawn(async move {
+            let d = &plan.deliveries[i];
+            tokio::time::sleep_until(shared.instant_of(d.at_ms)).await;
+            deliver(&shared, &plan, d).await;
+        });
+    }
+    while let Some(done) = sends.join_next().await {
+        if let Err(e) = done {
+            shared.stats.error(format!("a delivery task failed: {e}"));
+        }
+    }
+    if shared.verify {
+        tokio::time::sleep_until(shared.instant_of(plan.settle_at_ms)).await;
+        verify(&shared, &plan).await;
+    }
+}
+
+/// POSTs one webhook and checks Tencent's reply shape.
+async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) {
+    let _permit = shared.inflight.acquire().await;
+    let url = tencent::callback_url(
+        &shared.url,
+        &shared.sdk_app_id,
+        d.kind.command(),
+        &plan.origin,
+        shared.token.as_deref(),
+        shared.wall_ms().div_euclid(1000),
+    );
+    let body = d.body.to_string();
+    shared.stats.sent.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let copy = if d.duplicate { " (duplicate)" } else { "" };
+    let what = || format!("{}{copy} {}", d.kind.command(), plan.id);
+    let response = shared
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => return shared.stats.error(format!("{}: {e}", what())),
+    };
+    let status = response.status();
+    let text = match response.text().await {
+        Ok(t) => t,
+        Err(e) => {
+            return shared
+                .stats
+                .error(format!("{}: reading the reply: {e}", what()))
+        }
+    };
+    let elapsed = started.elapsed();
+    let reply: Option<Value> = serde_json::from_str(&text).ok();
+    let ok = status == reqwest::StatusCode::OK
+        && reply
+            .as_ref()
+            .is_some_and(|r| r["ActionStatus"] == "OK" && r["ErrorCode"].as_i64() == Some(0));
+    if !ok {
+        return shared
+            .stats
+            .error(format!("{}: HTTP {status}: {}", what(), text.trim()));
+    }
+    shared.stats.acks.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .latencies_us
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(elapsed.as_micros() as u64);
+}
+
+/// Polls `GET /v1/battles/{id}` until the battle shows the expected end, or patience runs out.
+async fn verify(shared: &Shared, plan: &BattlePlan) {
+    let url = format!(
+        "{}/v1/battles/{}",
+        shared.api_base,
+        tencent::pct_encode(&plan.id)
+    );
+    let give_up = Instant::now() + shared.verify_patience;
+    let seen = loop {
+        let seen = match fetch_battle(shared, &url).await {
+            Ok(Some(b)) => {
+                let state = b["state"].as_str().unwrap_or("?");
+                let reason = b["end_reason"].as_str().unwrap_or("null");
+                if state == "ended" && reason == plan.expected {
+                    shared.stats.verified.fetch_add(1, Ordering::Relaxed);
+                    if shared.verbose {
+                        println!(
+                            "ok {} {} -> {reason} [{}]",
+                            plan.id,
+                            plan.scenario.name(),
+                            quirk_names(plan)
+                        );
+                    }
+                    return;
+                }
+                format!("state={state} end_reason={reason}")
+            }
+            Ok(None) => "404 not found".to_owned(),
+            Err(e) => {
+                shared.stats.error(format!("GET {url}: {e}"));
+                "an HTTP error".to_owned()
+            }
+        };
+        if Instant::now() >= give_up {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    shared.stats.mismatches.fetch_add(1, Ordering::Relaxed);
+    eprintln!(
+        "MISMATCH {} scenario={} quirks=[{}]: expected state=ended end_reason={}, got {seen}",
+        plan.id,
+        plan.scenario.name(),
+        quirk_names(plan),
+        plan.expected,
+    );
+}
+
+/// One battle as JSON, `None` on 404.
+async fn fetch_battle(shared: &Shared, url: &str) -> Result<Option<Value>, String> {
+    let response = shared
+        .client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("HTTP {status}: {}", text.trim()));
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("not JSON ({e}): {}", text.trim()))
+}
+
+fn quirk_names(plan: &BattlePlan) -> String {
+    plan.quirks
+        .iter()
+        .map(|q| q.name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn join_counts(counts: &BTreeMap<&'static str, u64>) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Nearest-rank percentile of sorted microsecond samples, in ms.
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+    sorted_us[rank - 1] as f64 / 1000.0
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        assert_eq!(percentile_ms(&[], 0.5), 0.0);
+        let v: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
+        assert_eq!(percentile_ms(&v, 0.50), 50.0);
+        assert_eq!(percentile_ms(&v, 0.99), 99.0);
+        assert_eq!(percentile_ms(&[1500], 0.99), 1.5);
+    }
+}
