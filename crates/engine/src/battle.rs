@@ -232,7 +232,8 @@ pub enum StartSource {
 }
 
 impl Battle {
-    pub(crate) fn new(id: &str, state: State, now_ms: i64) -> Battle {
+    /// A battle nobody has heard anything about yet (stores and tests build records with it).
+    pub fn new(id: &str, state: State, now_ms: i64) -> Battle {
         Battle {
             id: Arc::from(id),
             state,

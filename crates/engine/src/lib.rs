@@ -25,6 +25,8 @@ mod metrics;
 mod notify;
 mod shard;
 pub mod store;
+#[cfg(feature = "store-contract")]
+pub mod store_contract;
 pub mod transition;
 
 pub use battle::{

@@ -86,6 +86,36 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The compare-and-set rule every store applies to a `Put`: the stored version must be the
+/// expected one, and `None` expects no stored battle.
+pub fn check_version(
+    battle_id: &str,
+    stored: Option<u64>,
+    expected: Option<u64>,
+) -> Result<(), StoreError> {
+    if stored == expected {
+        return Ok(());
+    }
+    let show = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
+    Err(StoreError(format!(
+        "version conflict on battle {battle_id:?}: stored {}, expected {}",
+        show(stored),
+        show(expected)
+    )))
+}
+
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn load(&self) -> BoxFuture<'_, Result<Loaded, StoreError>> {
+        (**self).load()
+    }
+    fn write(&self, ops: Vec<StoreOp>) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).write(ops)
+    }
+    fn is_persistent(&self) -> bool {
+        (**self).is_persistent()
+    }
+}
+
 /// Keeps nothing: the engine's own maps are the only copy. The default.
 #[derive(Clone, Debug, Default)]
 pub struct EphemeralStore;
@@ -161,14 +191,7 @@ impl Store for MemoryStore {
                 } = op
                 {
                     let current = g.battles.get(&battle.id).map(|b| b.version);
-                    if let (Some(cur), Some(exp)) = (current, expected_version) {
-                        if cur != *exp {
-                            return Err(StoreError(format!(
-                                "version conflict on battle {:?}: stored {cur}, expected {exp}",
-                                battle.id
-                            )));
-                        }
-                    }
+                    check_version(&battle.id, current, *expected_version)?;
                 }
             }
             for op in ops {

@@ -249,3 +249,18 @@ async fn seq_and_resume_continue_across_a_restart() {
         "no gap, no duplicate across the restart"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_memory_store_honours_the_store_contract() {
+    let stores = std::sync::Mutex::new(std::collections::HashMap::<String, MemoryStore>::new());
+    livebattle_engine::store_contract::run(|name| {
+        let store = stores
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        std::sync::Arc::new(store)
+    })
+    .await;
+}
