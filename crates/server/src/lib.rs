@@ -1,0 +1,236 @@
+//! # livebattle-server
+//!
+//! The `livebattle` service: Tencent Live battle webhooks in (`POST /callback`, via
+//! [`livebattle_ingest`]); battle state out over a JSON API, Server-Sent Events and Prometheus
+//! metrics (docs/http-api.md), on one [`livebattle_engine::Engine`].
+//!
+//! * [`config`]: flags, `LIVEBATTLE_*` variables and the TOML file, resolved into a [`Config`];
+//! * [`api`]: the read API; [`admin`]: the bearer-token admin API; [`sse`]: the event streams;
+//! * [`health`], [`metrics`], [`assets`] (the countdown page and `/openapi.json`);
+//! * [`app`] builds the router, [`serve`] runs it until a shutdown signal.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use livebattle_ingest::AppConfig;
+//! use livebattle_server::{serve, Config};
+//!
+//! let mut config = Config::default();
+//! config.ingest.apps = vec![AppConfig::with_token("1400000001", "callback-token")];
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! println!("listening on {}", listener.local_addr()?);
+//! serve(config, listener, livebattle_server::shutdown_signal()).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod api;
+pub mod assets;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod sse;
+mod state;
+
+use std::future::Future;
+
+use axum::extract::{MatchedPath, State};
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use livebattle_engine::{Engine, EngineError};
+use tokio::net::TcpListener;
+
+pub use config::{Cli, Config, ConfigError, LogFormat};
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Every route [`app`] serves, as `(method, path template)`; `/openapi.json` documents each.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("POST", "/callback"),
+    ("GET", "/v1/time"),
+    ("GET", "/v1/battles"),
+    ("GET", "/v1/battles/{battle_id}"),
+    ("GET", "/v1/battles/{battle_id}/events"),
+    ("POST", "/v1/battles/{battle_id}/responses"),
+    ("POST", "/v1/battles/{battle_id}/end"),
+    ("POST", "/v1/battles/{battle_id}/scores"),
+    ("GET", "/v1/rooms/{room_id}/battle"),
+    ("GET", "/v1/rooms/{room_id}/events"),
+    ("GET", "/v1/events"),
+];
+
+/// The whole HTTP surface on `state`.
+pub fn app(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/", get(assets::index))
+        .route("/openapi.json", get(assets::openapi))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/v1/time", get(api::time))
+        .route("/v1/battles", get(api::list_battles))
+        .route("/v1/battles/{battle_id}", get(api::get_battle))
+        .route("/v1/battles/{battle_id}/events", get(sse::battle_events))
+        .route("/v1/battles/{battle_id}/responses", post(admin::respond))
+        .route("/v1/battles/{battle_id}/end", post(admin::end))
+        .route("/v1/battles/{battle_id}/scores", post(admin::scores))
+        .route("/v1/rooms/{room_id}/battle", get(api::room_battle))
+        .route("/v1/rooms/{room_id}/events", get(sse::room_events))
+        .route("/v1/events", get(sse::all_events))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    routes
+        .merge(state.ingest().router())
+        .route_layer(axum::middleware::from_fn_with_state(state, metrics::track))
+}
+
+async fn no_route(State(state): State<AppState>, method: Method, uri: Uri) -> ApiError {
+    let error = ApiError::no_route(uri.path());
+    state
+        .http_metrics()
+        .record(metrics::UNMATCHED_ROUTE, &method, error.status.as_u16());
+    error
+}
+
+async fn method_not_allowed(
+    State(state): State<AppState>,
+    method: Method,
+    route: Option<MatchedPath>,
+) -> ApiError {
+    let error = ApiError::method_not_allowed();
+    let route = route
+        .as_ref()
+        .map_or(metrics::UNMATCHED_ROUTE, MatchedPath::as_str);
+    state
+        .http_metrics()
+        .record(route, &method, error.status.as_u16());
+    error
+}
+
+/// Why [`serve`] could not run.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The engine did not start.
+    Engine(EngineError),
+    /// The configuration is invalid.
+    Config(livebattle_ingest::ConfigError),
+    /// The listener failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Engine(e) => write!(f, "the engine did not start: {e}"),
+            ServeError::Config(e) => write!(f, "invalid configuration: {e}"),
+            ServeError::Io(e) => write!(f, "the server failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// Starts an engine as `config` says (in memory; replay ring for SSE resumption).
+pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
+    let mut builder = Engine::builder()
+        .rules(config.rules.clone())
+        .replay_capacity(config.replay_capacity);
+    if let Some(n) = config.shards {
+        builder = builder.shards(n);
+    }
+    builder.start().await
+}
+
+/// Runs the server on `listener` until `shutdown` resolves; then stops accepting, ends the SSE
+/// streams, lets in-flight requests finish, and shuts the engine down (after its queued work).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let engine = start_engine(&config).await.map_err(ServeError::Engine)?;
+    let state = match AppState::new(engine.clone(), &config) {
+        Ok(state) => state,
+        Err(e) => {
+            engine.shutdown().await;
+            return Err(ServeError::Config(e));
+        }
+    };
+    for app in config.ingest.apps.iter().filter(|a| a.token.is_none()) {
+        tracing::warn!(
+            sdk_app_id = app.sdk_app_id,
+            "no callback token: this app's callbacks are accepted unsigned"
+        );
+    }
+    if config.admin_token.is_none() {
+        tracing::info!("no admin token: the admin API is disabled");
+    }
+    let router = app(state.clone());
+    let on_signal = state.clone();
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            on_signal.begin_shutdown();
+        })
+        .await;
+    state.begin_shutdown();
+    engine.shutdown().await;
+    tracing::info!("engine stopped");
+    served.map_err(ServeError::Io)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Installs the global tracing subscriber: `format` on stderr, level from `RUST_LOG` (default
+/// `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    if let Err(e) = installed {
+        eprintln!("livebattle: logging not initialised: {e}");
+    }
+}

@@ -1,0 +1,51 @@
+//! The `livebattle` binary: parse the configuration, log, listen, serve until SIGTERM/SIGINT.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser;
+use livebattle_server::{init_logging, serve, shutdown_signal, Cli, Config};
+
+fn main() -> ExitCode {
+    let config = match Config::load(Cli::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("livebattle: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("livebattle: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.listen, error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    // The one line on stdout: scripts and tests read the port from it.
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, "listening");
+    match serve(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

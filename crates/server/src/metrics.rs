@@ -1,0 +1,229 @@
+//! `GET /metrics`: Prometheus text exposition of the ingest, engine, SSE and HTTP counters.
+//!
+//! Every label set is bounded: commands, outcomes and reasons come from fixed lists, routes are
+//! the router's templates (unmatched paths count as `unmatched`), methods outside the usual
+//! ones count as `other`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use livebattle_engine::State as BattleState;
+
+use crate::state::AppState;
+
+/// The route label of requests no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// HTTP requests by route template, method and status.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+}
+
+impl HttpMetrics {
+    /// Counts one request.
+    pub fn record(&self, route: &str, method: &Method, status: u16) {
+        let mut map = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (route.to_owned(), method_label(method), status);
+        *map.entry(key).or_insert(0) += 1;
+    }
+
+    /// `(route, method, status, count)` for every non-zero counter.
+    pub fn snapshot(&self) -> Vec<(String, &'static str, u16, u64)> {
+        let map = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .map(|((r, m, s), n)| (r.clone(), *m, *s, *n))
+            .collect()
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Route-layer middleware: counts and logs each routed request.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| UNMATCHED_ROUTE.to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    state
+        .http_metrics()
+        .record(&route, &method, status.as_u16());
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status.is_server_error() {
+        tracing::warn!(%method, route, status = status.as_u16(), elapsed_ms, "request failed");
+    } else {
+        tracing::debug!(%method, route, status = status.as_u16(), elapsed_ms, "request");
+    }
+    response
+}
+
+/// `GET /metrics`.
+pub async fn render(State(state): State<AppState>) -> Response {
+    let body = prometheus_text(&state);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Every metric, as Prometheus text.
+pub fn prometheus_text(state: &AppState) -> String {
+    let engine = state.engine();
+    let m = engine.metrics().snapshot();
+    let mut out = state.ingest().metrics().to_prometheus();
+
+    family(
+        &mut out,
+        "livebattle_battles",
+        "gauge",
+        "Battles held, by state.",
+    );
+    for (s, n) in BattleState::ALL.iter().zip(m.battles_by_state) {
+        let _ = writeln!(out, "livebattle_battles{{state=\"{}\"}} {n}", s.as_str());
+    }
+    family(
+        &mut out,
+        "livebattle_transitions_total",
+        "counter",
+        "Battle changes (state transitions and in-state updates), by cause.",
+    );
+    for (c, n) in &m.changes_by_cause {
+        let _ = writeln!(
+            out,
+            "livebattle_transitions_total{{cause=\"{}\"}} {n}",
+            c.as_str()
+        );
+    }
+    let counters = [
+        (
+            "livebattle_events_total",
+            "Events applied by the engine.",
+            m.events,
+        ),
+        (
+            "livebattle_duplicate_events_total",
+            "Events that repeated an already applied Tencent callback.",
+            m.duplicates,
+        ),
+        (
+            "livebattle_timers_armed_total",
+            "Timers armed.",
+            m.timers_armed,
+        ),
+        (
+            "livebattle_timers_cancelled_total",
+            "Timers cancelled or replaced before firing.",
+            m.timers_cancelled,
+        ),
+        (
+            "livebattle_timers_fired_total",
+            "Timers fired.",
+            m.timers_fired,
+        ),
+        (
+            "livebattle_battles_evicted_total",
+            "Ended battles evicted after retention.",
+            m.evicted,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+
+    let name = "livebattle_timer_lateness_ms";
+    family(
+        &mut out,
+        name,
+        "histogram",
+        "How late timers fired, in ms after their deadline.",
+    );
+    let mut count = 0;
+    for (le, cumulative) in &m.lateness_buckets {
+        let le = le.map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        count = *cumulative;
+    }
+    let _ = writeln!(out, "{name}_sum {}", m.lateness_sum_ms);
+    let _ = writeln!(out, "{name}_count {count}");
+
+    let gauges = [
+        (
+            "livebattle_sse_streams",
+            "Open Server-Sent Events streams.",
+            state.sse_streams().get(),
+        ),
+        (
+            "livebattle_subscribers",
+            "Open engine subscriptions (SSE streams and other subscribers).",
+            engine.subscriber_count() as u64,
+        ),
+        (
+            "livebattle_last_seq",
+            "Sequence number of the latest notification.",
+            engine.last_seq(),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+
+    family(
+        &mut out,
+        "livebattle_http_requests_total",
+        "counter",
+        "HTTP requests by route template, method and status.",
+    );
+    for (route, method, status, n) in state.http_metrics().snapshot() {
+        let _ = writeln!(
+            out,
+            "livebattle_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
+            escape(&route)
+        );
+    }
+    out
+}

@@ -1,0 +1,218 @@
+//! The real `livebattle` binary: `--listen 127.0.0.1:0` with the port read from its "listening
+//! on ADDR" line, configuration precedence (flag > env > file > default), `--help`, and a clean
+//! exit on SIGTERM while a stream is open.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_livebattle");
+
+fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    // Start from a clean slate whatever the outer environment holds.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LIVEBATTLE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "warn").kill_on_drop(true);
+    cmd
+}
+
+/// The binary on an ephemeral port for the test app, with `extra` arguments.
+fn serving(extra: &[&str]) -> Command {
+    let mut cmd = command();
+    cmd.args(["--listen", "127.0.0.1:0", "--sdk-app-id", APP])
+        .args(extra);
+    cmd
+}
+
+/// Starts the binary and reads the address from its first stdout line.
+async fn spawn(mut cmd: Command) -> (Child, String) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the binary prints its address")
+        .unwrap()
+        .expect("a line on stdout");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, format!("http://{addr}"))
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("livebattle-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("livebattle.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn terminate(mut child: Child) {
+    let pid = child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the binary exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[tokio::test]
+async fn runs_on_an_ephemeral_port_and_stops_on_sigterm() {
+    let cmd = serving(&["--in-memory"]);
+    let (child, base) = spawn(cmd).await;
+    let server = Server::remote(base);
+    assert_eq!(server.get("/healthz").await.0, StatusCode::OK);
+
+    // No token configured: unsigned callbacks are accepted.
+    let body = create("bin-1", "pk-3", &["pk-5"], 60_000, false);
+    let (status, _) = server
+        .callback_raw(CREATE, "", body.to_string().into_bytes())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, b) = server.get("/v1/battles/bin-1").await;
+    assert_eq!(b["state"], "running");
+
+    // An open SSE stream does not hold the shutdown up.
+    let mut stream = server.sse("/v1/events", None).await;
+    assert_eq!(stream.event().await.event.as_deref(), Some("snapshot"));
+    terminate(child).await;
+    drop(stream);
+}
+
+#[tokio::test]
+async fn flags_beat_env_beat_file() {
+    let file = temp_file(
+        "precedence",
+        &format!(
+            r#"
+            listen = "127.0.0.1:1"
+            admin_token = "from-file"
+            body_limit = 100000
+            [[apps]]
+            sdk_app_id = {APP}
+            token = "{TOKEN}"
+            "#
+        ),
+    );
+    let mut cmd = command();
+    cmd.arg("--config")
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0", "--admin-token", "from-flag"])
+        .env("LIVEBATTLE_ADMIN_TOKEN", "from-env")
+        .env("LIVEBATTLE_BODY_LIMIT", "2000");
+    let (child, base) = spawn(cmd).await;
+    let server = Server::remote(base);
+
+    // The file's app and token are used (nothing overrides them).
+    server.create_running("prec", 60_000).await;
+
+    // The flag's admin token wins over the variable's and the file's.
+    for (token, expected) in [
+        ("from-flag", StatusCode::OK),
+        ("from-env", StatusCode::UNAUTHORIZED),
+        ("from-file", StatusCode::UNAUTHORIZED),
+    ] {
+        let scores = json!({"scores": [{"room_id": "pk-3", "score": 1}]});
+        let (status, _) = server
+            .post("/v1/battles/prec/scores", Some(token), &scores)
+            .await;
+        assert_eq!(status, expected, "admin token {token}");
+    }
+
+    // The variable's body limit wins over the file's.
+    let mut big = create("big", "pk-3", &["pk-5"], 60_000, false);
+    big["ExtensionInfo"] = json!("x".repeat(3000));
+    let (status, _) = server.callback(CREATE, &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    terminate(child).await;
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+#[tokio::test]
+async fn help_and_config_errors() {
+    let out = command().arg("--help").output().await.unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--sdk-app-id",
+        "--token",
+        "--signature-window-secs",
+        "--body-limit",
+        "--response-grace-ms",
+        "--retention-secs",
+        "--admin-token",
+        "--log-format",
+        "--in-memory",
+        "--config",
+        "LIVEBATTLE_SDK_APP_ID",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(
+        help.contains("only mode"),
+        "--in-memory says it is the only mode"
+    );
+
+    let out = command().output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--sdk-app-id"), "{err}");
+
+    let file = temp_file("typo", "lisen = \"127.0.0.1:0\"\n");
+    let out = command()
+        .arg("--config")
+        .arg(&file)
+        .args(["--sdk-app-id", APP])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("lisen"), "{err}");
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+
+    // The JSON log format logs JSON lines.
+    let mut cmd = serving(&["--log-format", "json"]);
+    cmd.env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.unwrap().starts_with("listening on "));
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = tokio::time::timeout(WAIT, stderr.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&log).unwrap_or_else(|e| panic!("{e}: {log}"));
+    assert!(parsed.get("level").is_some(), "{log}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    child.kill().await.unwrap();
+}
