@@ -218,13 +218,15 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Installs the global tracing subscriber: `format` on stderr, level from `RUST_LOG` (default
-/// `info`).
+/// Installs the global tracing subscriber: `format` on stderr (coloured only on a terminal),
+/// level from `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
