@@ -58,11 +58,34 @@ pub async fn room_events(
 }
 
 /// Data of a `snapshot` event.
-#[derive(Serialize)]
-struct SnapshotData<'a> {
+#[derive(Debug, Serialize)]
+struct Snapshot {
     battles: Vec<BattleSnapshot>,
     seq: u64,
-    reason: &'a str,
+    reason: &'static str,
+}
+
+/// What a stream sends next.
+#[derive(Debug)]
+enum Item {
+    Snapshot(Snapshot),
+    Battle(Arc<Notification>),
+}
+
+impl Item {
+    fn into_event(self) -> Option<Event> {
+        let (name, seq, data) = match &self {
+            Item::Snapshot(s) => (SNAPSHOT_EVENT, s.seq, serde_json::to_string(s)),
+            Item::Battle(n) => (BATTLE_EVENT, n.seq, serde_json::to_string(&**n)),
+        };
+        match data {
+            Ok(data) => Some(Event::default().event(name).id(seq.to_string()).data(data)),
+            Err(e) => {
+                tracing::error!(seq, error = %e, "could not serialise an SSE event");
+                None
+            }
+        }
+    }
 }
 
 /// Counts open SSE streams (the `livebattle_sse_streams` gauge).
@@ -92,15 +115,47 @@ impl Drop for Open {
     }
 }
 
+type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 struct Feed {
     engine: Engine,
     filter: Filter,
     subscription: Subscription,
-    /// Notifications up to this seq are already in the last snapshot sent.
+    /// Notifications up to this seq are already in the last snapshot sent (or were sent).
     covered: u64,
-    first: Option<Event>,
-    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    first: Option<Snapshot>,
+    shutdown: Shutdown,
     _open: Open,
+}
+
+impl Feed {
+    /// The next item: the first snapshot, then notifications not yet covered, with a fresh
+    /// snapshot after a lag; `None` at shutdown.
+    async fn next_item(&mut self) -> Option<Item> {
+        if let Some(first) = self.first.take() {
+            return Some(Item::Snapshot(first));
+        }
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                () = &mut self.shutdown => return None,
+                d = self.subscription.next() => d?,
+            };
+            match delivery {
+                Delivery::Notification(n) if n.seq <= self.covered => continue,
+                Delivery::Notification(n) => {
+                    self.covered = n.seq;
+                    return Some(Item::Battle(n));
+                }
+                Delivery::Lagged { missed } => {
+                    tracing::debug!(missed, "SSE subscriber lagged; sending a fresh snapshot");
+                    let fresh = snapshot(&self.engine, &self.filter, "lagged");
+                    self.covered = fresh.seq;
+                    return Some(Item::Snapshot(fresh));
+                }
+            }
+        }
+    }
 }
 
 fn last_event_id(headers: &HeaderMap) -> Option<u64> {
@@ -123,8 +178,8 @@ fn open(state: &AppState, filter: Filter, headers: &HeaderMap) -> Response {
             };
             // Subscribe before reading the snapshot, so nothing falls between the two.
             let subscription = engine.subscribe(filter.clone());
-            let (event, seq) = snapshot(&engine, &filter, reason);
-            (subscription, seq, Some(event))
+            let first = snapshot(&engine, &filter, reason);
+            (subscription, first.seq, Some(first))
         }
     };
     let feed = Feed {
@@ -151,69 +206,103 @@ fn open(state: &AppState, filter: Filter, headers: &HeaderMap) -> Response {
 }
 
 async fn next(mut feed: Feed) -> Option<(Result<Event, Infallible>, Feed)> {
-    if let Some(first) = feed.first.take() {
-        return Some((Ok(first), feed));
-    }
     loop {
-        let delivery = tokio::select! {
-            biased;
-            () = &mut feed.shutdown => return None,
-            d = feed.subscription.next() => d?,
-        };
-        match delivery {
-            Delivery::Notification(n) if n.seq <= feed.covered => continue,
-            Delivery::Notification(n) => {
-                feed.covered = n.seq;
-                match notification_event(&n) {
-                    Some(event) => return Some((Ok(event), feed)),
-                    None => continue,
-                }
-            }
-            Delivery::Lagged { missed } => {
-                tracing::debug!(missed, "SSE subscriber lagged; sending a fresh snapshot");
-                let (event, seq) = snapshot(&feed.engine, &feed.filter, "lagged");
-                feed.covered = seq;
-                return Some((Ok(event), feed));
-            }
+        if let Some(event) = feed.next_item().await?.into_event() {
+            return Some((Ok(event), feed));
         }
     }
 }
 
-fn notification_event(n: &Notification) -> Option<Event> {
-    match Event::default()
-        .event(BATTLE_EVENT)
-        .id(n.seq.to_string())
-        .json_data(n)
-    {
-        Ok(event) => Some(event),
-        Err(e) => {
-            tracing::error!(seq = n.seq, error = %e, "could not serialise a notification");
-            None
-        }
-    }
-}
-
-/// A snapshot event for `filter`, and the seq it covers. The seq is read before the battles, so
-/// the battles include every change up to it.
-fn snapshot(engine: &Engine, filter: &Filter, reason: &str) -> (Event, u64) {
+/// A snapshot for `filter`. The seq is read before the battles, so the battles include every
+/// change up to it.
+fn snapshot(engine: &Engine, filter: &Filter, reason: &'static str) -> Snapshot {
     let seq = engine.last_seq();
     let battles = match filter {
         Filter::All => engine.battles(None, None, None, usize::MAX),
         Filter::Battle(id) => engine.battle(id).into_iter().collect(),
         Filter::Room(room) => engine.battles(None, Some(room), None, usize::MAX),
     };
-    let data = SnapshotData {
+    Snapshot {
         battles,
         seq,
         reason,
-    };
-    let event = Event::default()
-        .event(SNAPSHOT_EVENT)
-        .id(seq.to_string())
-        .json_data(&data)
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "could not serialise a snapshot");
-            Event::default().event(SNAPSHOT_EVENT).id(seq.to_string())
-        });
-    (event, seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use livebattle_engine::{Created, Event as EngineEvent};
+
+    use super::*;
+
+    fn created(id: &str) -> EngineEvent {
+        EngineEvent::Created(Created {
+            battle_id: id.into(),
+            from_room: Some(format!("{id}-a")),
+            to_rooms: vec![format!("{id}-b")],
+            duration_ms: Some(60_000),
+            need_response: Some(false),
+            ..Default::default()
+        })
+    }
+
+    fn feed(engine: &Engine, first: Option<Snapshot>, covered: u64) -> Feed {
+        Feed {
+            engine: engine.clone(),
+            filter: Filter::All,
+            subscription: engine.subscribe(Filter::All),
+            covered,
+            first,
+            shutdown: Box::pin(std::future::pending()),
+            _open: Open::new(Arc::default()),
+        }
+    }
+
+    async fn quiet(feed: &mut Feed) {
+        let next = tokio::time::timeout(Duration::from_millis(100), feed.next_item()).await;
+        assert!(next.is_err(), "expected nothing, got {next:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_gets_a_fresh_snapshot() {
+        let engine = Engine::builder().channel_capacity(2).start().await.unwrap();
+        let mut feed = feed(&engine, None, 0);
+        for i in 0..5 {
+            engine.apply(created(&format!("lag-{i}"))).await.unwrap();
+        }
+        let Some(Item::Snapshot(s)) = feed.next_item().await else {
+            panic!("expected a snapshot after the lag");
+        };
+        assert_eq!((s.reason, s.seq, s.battles.len()), ("lagged", 5, 5));
+        // What the broadcast still held is covered by the snapshot: not sent again.
+        quiet(&mut feed).await;
+        engine.apply(created("lag-5")).await.unwrap();
+        let Some(Item::Battle(n)) = feed.next_item().await else {
+            panic!("expected the next notification");
+        };
+        assert_eq!(n.seq, 6);
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn notifications_covered_by_the_snapshot_are_skipped() {
+        let engine = Engine::builder().start().await.unwrap();
+        let subscribed = feed(&engine, None, 0);
+        engine.apply(created("s-1")).await.unwrap();
+        // The snapshot is read after the change: it covers seq 1.
+        let first = snapshot(&engine, &Filter::All, "initial");
+        assert_eq!(first.seq, 1);
+        let mut feed = Feed {
+            first: Some(first),
+            covered: 1,
+            ..subscribed
+        };
+        assert!(matches!(feed.next_item().await, Some(Item::Snapshot(_))));
+        quiet(&mut feed).await;
+        engine.apply(created("s-2")).await.unwrap();
+        assert!(matches!(feed.next_item().await, Some(Item::Battle(n)) if n.seq == 2));
+        engine.shutdown().await;
+    }
 }

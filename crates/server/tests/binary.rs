@@ -64,8 +64,9 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
 
 async fn terminate(mut child: Child) {
     let pid = child.id().unwrap();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+    // The shell's builtin `kill`: no dependency on procps.
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
         .status()
         .unwrap();
     assert!(status.success());
