@@ -172,7 +172,6 @@ pub struct ResumeTooOld {
 
 pub(crate) struct Hub {
     inner: Mutex<HubInner>,
-    commit: tokio::sync::Mutex<()>,
     all: broadcast::Sender<Arc<Notification>>,
     by_battle: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
     by_room: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
@@ -182,7 +181,13 @@ pub(crate) struct Hub {
 }
 
 struct HubInner {
+    /// The last delivered seq.
     last_seq: u64,
+    /// The last reserved seq (≥ `last_seq`).
+    reserved: u64,
+    /// Numbered but not yet deliverable (an earlier number is still being stored); `None` marks
+    /// a number whose batch failed to store, which is skipped.
+    waiting: std::collections::BTreeMap<u64, Option<Notification>>,
     ring: VecDeque<Arc<Notification>>,
 }
 
@@ -192,9 +197,10 @@ impl Hub {
         Hub {
             inner: Mutex::new(HubInner {
                 last_seq,
+                reserved: last_seq,
+                waiting: std::collections::BTreeMap::new(),
                 ring: VecDeque::new(),
             }),
-            commit: tokio::sync::Mutex::new(()),
             all: broadcast::channel(channel_capacity).0,
             by_battle: DashMap::new(),
             by_room: DashMap::new(),
@@ -221,35 +227,66 @@ impl Hub {
         self.inner.lock().map(|g| g.last_seq).unwrap_or(0)
     }
 
-    /// Numbers the notifications of one batch (`seq` continues from the last delivered one)
-    /// without delivering them. Callers that store before delivering hold [`Hub::commit`] from
-    /// here to [`Hub::deliver`], so no other batch takes these numbers.
+    /// Numbers the notifications of one batch (reserving the next `seq`s) without delivering
+    /// them: a shard numbers, stores, then [`Hub::deliver`]s. Shards store concurrently; delivery
+    /// waits for every lower number, so delivery order is always `seq` order.
     pub(crate) fn number(&self, notes: &mut [Notification]) {
-        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        for (n, seq) in notes.iter_mut().zip(g.last_seq + 1..) {
-            n.seq = seq;
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for n in notes.iter_mut() {
+            g.reserved += 1;
+            n.seq = g.reserved;
         }
     }
 
-    /// Delivers numbered notifications: observers, subscriptions and the replay ring.
+    /// Delivers numbered notifications (observers, subscriptions, replay ring) once every lower
+    /// number was delivered or skipped.
     pub(crate) fn deliver(&self, batch: Vec<Notification>) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for n in batch {
-            self.deliver_one(&mut g, &Arc::new(n));
+            g.waiting.insert(n.seq, Some(n));
+        }
+        self.drain(&mut g);
+    }
+
+    /// Gives up numbers whose batch could not be stored (its changes will be renumbered).
+    pub(crate) fn skip(&self, seqs: impl IntoIterator<Item = u64>) {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for seq in seqs {
+            g.waiting.insert(seq, None);
+        }
+        self.drain(&mut g);
+    }
+
+    fn drain(&self, g: &mut HubInner) {
+        loop {
+            let next = g.last_seq + 1;
+            let Some(entry) = g.waiting.remove(&next) else {
+                break;
+            };
+            g.last_seq = next;
+            if let Some(n) = entry {
+                self.deliver_one(g, &Arc::new(n));
+            }
         }
     }
 
     /// Numbers and delivers at once (when nothing is stored in between).
     pub(crate) fn publish(&self, batch: Vec<Notification>) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        for (mut n, seq) in batch.into_iter().zip(g.last_seq + 1..) {
-            n.seq = seq;
-            self.deliver_one(&mut g, &Arc::new(n));
+        for mut n in batch {
+            g.reserved += 1;
+            n.seq = g.reserved;
+            if g.waiting.is_empty() && n.seq == g.last_seq + 1 {
+                g.last_seq = n.seq;
+                self.deliver_one(&mut g, &Arc::new(n));
+            } else {
+                g.waiting.insert(n.seq, Some(n));
+            }
         }
+        self.drain(&mut g);
     }
 
     fn deliver_one(&self, g: &mut HubInner, n: &Arc<Notification>) {
-        g.last_seq = n.seq;
         if let Ok(obs) = self.observers.read() {
             for o in obs.iter() {
                 o.notify(n);
@@ -277,11 +314,6 @@ impl Hub {
         }
     }
 
-    /// Serialises store-then-publish batches across shards (held across the store write).
-    pub(crate) fn commit(&self) -> &tokio::sync::Mutex<()> {
-        &self.commit
-    }
-
     /// How many recent notifications are replayable (and so worth storing).
     pub(crate) fn ring_capacity(&self) -> usize {
         self.ring_capacity
@@ -294,6 +326,7 @@ impl Hub {
         let skip = stored.len().saturating_sub(self.ring_capacity);
         g.ring = stored.into_iter().skip(skip).map(Arc::new).collect();
         g.last_seq = last_seq.max(g.ring.back().map_or(0, |n| n.seq));
+        g.reserved = g.last_seq;
     }
 
     pub(crate) fn add_observer(&self, o: Arc<dyn Observer>) {

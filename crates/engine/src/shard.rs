@@ -430,9 +430,8 @@ impl Shard {
             self.reply(&Ok(()));
             return;
         }
-        // Numbering, storing and delivering are one critical section across shards, so the
-        // stored order, the seq order and the delivery order agree.
-        let _commit = hub.commit().lock().await;
+        // Number, store, deliver: shards store concurrently (so the store can commit their
+        // batches together) and the hub delivers in seq order.
         let mut notes = std::mem::take(&mut self.notes);
         hub.number(&mut notes);
         let mut ops = std::mem::take(&mut self.ops);
@@ -459,6 +458,7 @@ impl Shard {
                     }
                     self.ops.push(op);
                 }
+                hub.skip(notes.iter().map(|n| n.seq));
                 self.notes = notes;
                 self.retry_at =
                     Some(tokio::time::Instant::now() + std::time::Duration::from_millis(100));

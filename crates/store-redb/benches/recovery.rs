@@ -1,0 +1,174 @@
+//! Recovery and durable-write benchmarks for the redb store.
+//!
+//! `cargo bench -p livebattle-store-redb --bench recovery` — with LIVEBATTLE_BENCH_SMOKE=1 it
+//! runs small. Reports:
+//! 1. recovery: N stored battles (running, with timers) → open + load + engine ready, seconds;
+//! 2. event throughput through the engine with the redb store versus the ephemeral store, in the
+//!    same run (full webhook lifecycle events, many concurrent callers, so group commit works).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use livebattle_engine::{
+    Battle, Created, Engine, Event, State, Store, StoreOp, Timer, TimerKind, TokioClock,
+};
+use livebattle_store_redb::RedbStore;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn battle_id(i: usize) -> String {
+    // Tencent-like: 44 base64 characters.
+    format!("{:0>43}=", format!("4siHsNsWN/T3aub9zKraq+{i}"))
+}
+
+fn stored_battle(i: usize, now: i64) -> Battle {
+    let mut b = Battle::new(&battle_id(i), State::Running, now);
+    b.version = 2;
+    b.seen = 3;
+    b.from_room = Some(format!("room-a-{i}").into());
+    b.to_rooms = vec![format!("room-b-{i}").into()];
+    b.operator = Some("operator".into());
+    b.need_response = Some(false);
+    b.timeout_ms = Some(30_000);
+    b.duration_ms = Some(300_000);
+    b.extension_info = Some("extension pk".into());
+    b.created_at_ms = Some(now);
+    b.started_at_ms = Some(now);
+    b.ends_at_ms = Some(now + 60_000 + (i as i64 % 240_000));
+    b.timer = Some(Timer {
+        kind: TimerKind::BattleEnd,
+        at_ms: b.ends_at_ms.unwrap_or(now),
+        generation: 1,
+    });
+    b.generation = 1;
+    b
+}
+
+async fn recovery(n: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = TokioClock::system();
+    let now_ms = livebattle_engine::Clock::now_ms(&now);
+    {
+        let store = RedbStore::open(dir.path()).expect("open");
+        let t = Instant::now();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {
+            let ops = chunk
+                .iter()
+                .map(|&i| StoreOp::Put {
+                    battle: Arc::new(stored_battle(i, now_ms)),
+                    expected_version: None,
+                })
+                .collect();
+            store.write(ops).await.expect("write");
+        }
+        println!(
+            "recovery: stored {n} battles in {:.2} s ({} MiB on disk)",
+            t.elapsed().as_secs_f64(),
+            std::fs::metadata(store.path())
+                .map(|m| m.len() >> 20)
+                .unwrap_or(0)
+        );
+    }
+    let rss0 = rss_bytes();
+    let t = Instant::now();
+    let store = RedbStore::open(dir.path()).expect("reopen");
+    let loaded = store.load().await.expect("load");
+    let load_s = t.elapsed().as_secs_f64();
+    drop(loaded);
+    let t = Instant::now();
+    let engine = Engine::builder()
+        .store(store)
+        .clock(TokioClock::system())
+        .replay_capacity(100_000)
+        .start()
+        .await
+        .expect("engine starts");
+    let ready_s = t.elapsed().as_secs_f64();
+    assert_eq!(engine.battle_count(), n);
+    assert_eq!(engine.metrics().battles_in(State::Running) as usize, n);
+    println!(
+        "recovery: load alone {load_s:.2} s; open + load + rebuild {n} battles and timers, ready to serve: {ready_s:.2} s; RSS +{} MiB",
+        rss_bytes().saturating_sub(rss0) >> 20
+    );
+    engine.shutdown().await;
+}
+
+async fn throughput(
+    label: &'static str,
+    engine: Engine,
+    battles: usize,
+    concurrency: usize,
+) -> f64 {
+    let t = Instant::now();
+    let per_task = battles / concurrency;
+    let mut tasks = Vec::new();
+    for task in 0..concurrency {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..per_task {
+                let id = format!("{label}-{task}-{j}");
+                let create = Event::Created(Created {
+                    battle_id: id.clone(),
+                    from_room: Some(format!("a-{task}-{j}")),
+                    to_rooms: vec![format!("b-{task}-{j}")],
+                    duration_ms: Some(120_000),
+                    need_response: Some(false),
+                    event_time_ms: Some(engine.now_ms()),
+                    ..Default::default()
+                });
+                engine.apply(create).await.expect("create");
+                engine
+                    .apply(Event::EndNow { battle_id: id })
+                    .await
+                    .expect("end");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let events = (per_task * concurrency * 2) as f64;
+    let rate = events / t.elapsed().as_secs_f64();
+    println!("throughput {label:>9}: {events} events, {concurrency} concurrent callers: {rate:>10.0} events/s");
+    engine.shutdown().await;
+    rate
+}
+
+fn main() {
+    let smoke = std::env::var("LIVEBATTLE_BENCH_SMOKE").is_ok_and(|v| v == "1");
+    let n = if smoke { 10_000 } else { 1_000_000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        recovery(n).await;
+        let (battles, concurrency) = if smoke { (2_000, 64) } else { (100_000, 256) };
+        let memory = Engine::builder()
+            .replay_capacity(100_000)
+            .start()
+            .await
+            .expect("engine");
+        let mem = throughput("in-memory", memory, battles, concurrency).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let durable = Engine::builder()
+            .store(RedbStore::open(dir.path()).expect("open"))
+            .replay_capacity(100_000)
+            .start()
+            .await
+            .expect("engine");
+        let dur = throughput("redb", durable, battles, concurrency).await;
+        println!(
+            "throughput: durable / in-memory = {:.0}%",
+            100.0 * dur / mem
+        );
+    });
+}
