@@ -46,8 +46,8 @@ pub enum LogFormat {
                   shown, or as a key of the --config TOML file. Precedence: flag > environment > \
                   file > default. Several apps with their own tokens go in the file ([[apps]]); \
                   see docs/operations.md.\n\n\
-                  Battles are kept in memory only (durable storage is not implemented yet): a \
-                  restart forgets every battle."
+                  Battles and their timers are stored durably in --data-dir (default \
+                  ./livebattle-data) and survive a restart or a crash; --in-memory opts out."
 )]
 pub struct Cli {
     /// TOML configuration file (keys as in docs/operations.md).
@@ -121,9 +121,15 @@ pub struct Cli {
     #[arg(long, env = "LIVEBATTLE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
-    /// Keep battles in memory only. This is the default and, for now, the only mode: durable
-    /// storage does not exist yet, so a restart forgets every battle. File key: in_memory.
-    #[arg(long, env = "LIVEBATTLE_IN_MEMORY")]
+    /// Where battles, their timers, the dedupe memory and recent notifications are stored
+    /// durably [default: ./livebattle-data]. A webhook is acknowledged only once its effect is
+    /// written there. File key: data_dir.
+    #[arg(long, env = "LIVEBATTLE_DATA_DIR", value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Keep battles in memory only (no --data-dir): a restart forgets every battle. File key:
+    /// in_memory.
+    #[arg(long, env = "LIVEBATTLE_IN_MEMORY", conflicts_with = "data_dir")]
     pub in_memory: bool,
 
     /// Engine shard tasks [default: number of CPUs]. File key: shards.
@@ -199,6 +205,7 @@ pub struct FileConfig {
     admin_token: Option<String>,
     log_format: Option<LogFormat>,
     in_memory: Option<bool>,
+    data_dir: Option<PathBuf>,
     shards: Option<usize>,
     pending_ttl_secs: Option<u64>,
     dedupe_horizon_secs: Option<u64>,
@@ -214,9 +221,23 @@ impl FileConfig {
     }
 }
 
+/// The default data directory of the binary.
+pub const DEFAULT_DATA_DIR: &str = "./livebattle-data";
+
+/// Where the engine keeps its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Nothing survives a restart.
+    InMemory,
+    /// Durable, in this directory (the redb store).
+    DataDir(PathBuf),
+}
+
 /// The resolved configuration the server runs with.
 #[derive(Clone)]
 pub struct Config {
+    /// Where battles are kept.
+    pub storage: Storage,
     /// Listen address.
     pub listen: SocketAddr,
     /// Served apps, tokens and callback limits.
@@ -236,9 +257,11 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The defaults, with no app (add at least one to `ingest.apps`).
+    /// The defaults for embedding and tests: in memory, with no app (add at least one to
+    /// `ingest.apps`). The binary's default storage is durable ([`DEFAULT_DATA_DIR`]).
     fn default() -> Config {
         Config {
+            storage: Storage::InMemory,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ingest: IngestConfig::default(),
             rules: Rules::default(),
@@ -255,6 +278,7 @@ impl Default for Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
+            .field("storage", &self.storage)
             .field("listen", &self.listen)
             .field("ingest", &self.ingest)
             .field("rules", &self.rules)
@@ -279,8 +303,6 @@ pub enum ConfigError {
     Parse(PathBuf, Box<toml::de::Error>),
     /// `--token` with no app, or with several apps it could belong to.
     AmbiguousToken,
-    /// `in_memory = false`: durable storage does not exist yet.
-    DurableUnsupported,
     /// A value out of range.
     Invalid(String),
     /// The ingest part (apps, tokens, limits) is invalid.
@@ -296,9 +318,6 @@ impl fmt::Display for ConfigError {
                 "--token belongs to exactly one app: give one --sdk-app-id, or put several apps \
                  with their tokens in the config file",
             ),
-            ConfigError::DurableUnsupported => {
-                f.write_str("in_memory = false is not supported yet: only in-memory storage exists")
-            }
             ConfigError::Invalid(m) => f.write_str(m),
             ConfigError::Ingest(livebattle_ingest::ConfigError::NoApps) => f.write_str(
                 "no Tencent app configured: give --sdk-app-id (or LIVEBATTLE_SDK_APP_ID, or \
@@ -326,9 +345,17 @@ impl Config {
     pub fn resolve(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
         let defaults = Config::default();
         let ingest_defaults = IngestConfig::default();
-        if file.in_memory == Some(false) {
-            return Err(ConfigError::DurableUnsupported);
-        }
+        let in_memory = cli.in_memory || (cli.data_dir.is_none() && file.in_memory == Some(true));
+        let storage = if in_memory {
+            Storage::InMemory
+        } else {
+            Storage::DataDir(
+                cli.data_dir
+                    .clone()
+                    .or(file.data_dir.clone())
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            )
+        };
         let apps = resolve_apps(&cli, &file)?;
         let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
         let millis = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
@@ -389,6 +416,7 @@ impl Config {
             ));
         }
         Ok(Config {
+            storage,
             listen: cli.listen.or(file.listen).unwrap_or(defaults.listen),
             ingest,
             rules,
@@ -565,16 +593,32 @@ mod tests {
     }
 
     #[test]
+    fn storage_is_durable_by_default_and_in_memory_on_request() {
+        let one = |args: &[&str], file: &str| {
+            let mut all = vec!["--sdk-app-id", "1"];
+            all.extend_from_slice(args);
+            Config::resolve(cli(&all), FileConfig::parse(file).unwrap())
+                .unwrap()
+                .storage
+        };
+        assert_eq!(one(&[], ""), Storage::DataDir(DEFAULT_DATA_DIR.into()));
+        assert_eq!(one(&["--in-memory"], ""), Storage::InMemory);
+        assert_eq!(one(&[], "in_memory = true"), Storage::InMemory);
+        assert_eq!(
+            one(&["--data-dir", "/d"], "in_memory = true"),
+            Storage::DataDir("/d".into()),
+            "a flag beats the file"
+        );
+        assert_eq!(one(&[], "data_dir = \"/f\""), Storage::DataDir("/f".into()));
+        assert!(Cli::try_parse_from(["livebattle", "--in-memory", "--data-dir", "/d"]).is_err());
+    }
+
+    #[test]
     fn refusals() {
         let no_app = Config::resolve(cli(&[]), FileConfig::default()).unwrap_err();
         assert!(no_app.to_string().contains("--sdk-app-id"), "{no_app}");
         let bad_id = Config::resolve(cli(&["--sdk-app-id", "14x"]), FileConfig::default());
         assert!(matches!(bad_id, Err(ConfigError::Ingest(_))));
-        let durable = FileConfig::parse("in_memory = false").unwrap();
-        assert!(matches!(
-            Config::resolve(cli(&["--sdk-app-id", "1"]), durable),
-            Err(ConfigError::DurableUnsupported)
-        ));
         assert!(FileConfig::parse("lisen = \"127.0.0.1:1\"").is_err());
         assert!(FileConfig::parse("[[apps]]\nsdk_app_id = \"1\"\ntokn = \"x\"").is_err());
         let zero = Config::resolve(

@@ -41,9 +41,10 @@ use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 use livebattle_engine::{Engine, EngineError};
+use livebattle_store_redb::RedbStore;
 use tokio::net::TcpListener;
 
-pub use config::{Cli, Config, ConfigError, LogFormat};
+pub use config::{Cli, Config, ConfigError, LogFormat, Storage, DEFAULT_DATA_DIR};
 pub use error::ApiError;
 pub use state::AppState;
 
@@ -139,7 +140,9 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
-/// Starts an engine as `config` says (in memory; replay ring for SSE resumption).
+/// Starts an engine as `config` says: its store (durable in the data dir, or in memory), rules,
+/// shards and the replay ring for SSE resumption. With a data dir, this loads every stored
+/// battle and re-arms its timer (overdue ones fire at once, marked late).
 pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
     let mut builder = Engine::builder()
         .rules(config.rules.clone())
@@ -147,7 +150,21 @@ pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
     if let Some(n) = config.shards {
         builder = builder.shards(n);
     }
-    builder.start().await
+    if let Storage::DataDir(dir) = &config.storage {
+        let store = RedbStore::open(dir).map_err(EngineError::Store)?;
+        tracing::info!(path = %store.path().display(), "durable storage");
+        builder = builder.store(store);
+    } else {
+        tracing::warn!("in-memory storage: a restart forgets every battle");
+    }
+    let started = std::time::Instant::now();
+    let engine = builder.start().await?;
+    tracing::info!(
+        battles = engine.battle_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "engine ready"
+    );
+    Ok(engine)
 }
 
 /// Runs the server on `listener` until `shutdown` resolves; then stops accepting, ends the SSE

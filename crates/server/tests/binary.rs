@@ -31,8 +31,14 @@ fn command() -> Command {
 /// The binary on an ephemeral port for the test app, with `extra` arguments.
 fn serving(extra: &[&str]) -> Command {
     let mut cmd = command();
-    cmd.args(["--listen", "127.0.0.1:0", "--sdk-app-id", APP])
-        .args(extra);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--sdk-app-id",
+        APP,
+        "--in-memory",
+    ])
+    .args(extra);
     cmd
 }
 
@@ -79,7 +85,7 @@ async fn terminate(mut child: Child) {
 
 #[tokio::test]
 async fn runs_on_an_ephemeral_port_and_stops_on_sigterm() {
-    let cmd = serving(&["--in-memory"]);
+    let cmd = serving(&[]);
     let (child, base) = spawn(cmd).await;
     let server = Server::remote(base);
     assert_eq!(server.get("/healthz").await.0, StatusCode::OK);
@@ -165,14 +171,15 @@ async fn help_and_config_errors() {
         "--admin-token",
         "--log-format",
         "--in-memory",
+        "--data-dir",
         "--config",
         "LIVEBATTLE_SDK_APP_ID",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
     assert!(
-        help.contains("only mode"),
-        "--in-memory says it is the only mode"
+        help.contains("./livebattle-data"),
+        "--help names the default data dir"
     );
 
     let out = command().output().await.unwrap();
@@ -216,4 +223,66 @@ async fn help_and_config_errors() {
     assert!(parsed.get("level").is_some(), "{log}");
     tokio::time::sleep(Duration::from_millis(50)).await;
     child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn durable_by_default_survives_kill_9_and_refuses_a_second_process() {
+    let dir = std::env::temp_dir().join(format!("livebattle-durable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.to_str().unwrap().to_string();
+    let durable = || {
+        let mut cmd = command();
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--sdk-app-id",
+            APP,
+            "--data-dir",
+            &data,
+        ]);
+        cmd
+    };
+    let (mut child, base) = spawn(durable()).await;
+    let server = Server::remote(base);
+    let body = create("durable-1", "pk-3", &["pk-5"], 600_000, false);
+    let (status, _) = server
+        .callback_raw(CREATE, "", body.to_string().into_bytes())
+        .await;
+    assert_eq!(status, StatusCode::OK, "acknowledged, so stored");
+    let (_, before) = server.get("/v1/battles/durable-1").await;
+
+    // A second process on the same data dir is refused, naming the file.
+    let out = durable().output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("livebattle.redb"), "{err}");
+    assert!(err.contains("locked"), "{err}");
+
+    // kill -9: no shutdown, no flush.
+    child.kill().await.unwrap();
+    let (child, base) = spawn(durable()).await;
+    let server = Server::remote(base);
+    let (status, after) = server.get("/v1/battles/durable-1").await;
+    assert_eq!(status, StatusCode::OK, "the acknowledged battle survived");
+    for key in [
+        "state",
+        "version",
+        "ends_at_ms",
+        "started_at_ms",
+        "participants",
+    ] {
+        assert_eq!(before[key], after[key], "{key} survived");
+    }
+    // The dedupe memory survived too.
+    let (status, _) = server
+        .callback_raw(CREATE, "", body.to_string().into_bytes())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, again) = server.get("/v1/battles/durable-1").await;
+    assert_eq!(
+        again["version"], before["version"],
+        "a duplicate changed nothing"
+    );
+    terminate(child).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
