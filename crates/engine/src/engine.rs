@@ -1,6 +1,7 @@
 //! The engine handle: start it, feed it events, query it, listen to it.
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -168,6 +169,8 @@ impl EngineBuilder {
             rules: self.rules,
             store: self.store,
             metrics: Metrics::default(),
+            store_healthy: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
         });
         shared.hub.restore(loaded.notifications, 0);
         let n = self.shards;
@@ -435,8 +438,18 @@ impl Engine {
         &self.inner.shared.metrics
     }
 
+    /// Whether the engine takes events and its store is writable: false once shutdown began,
+    /// when a shard task is gone, or while the latest store write failed (until one succeeds).
+    pub fn is_ready(&self) -> bool {
+        let shared = &self.inner.shared;
+        !shared.stopping.load(Ordering::Relaxed)
+            && shared.store_healthy.load(Ordering::Relaxed)
+            && !self.inner.senders.iter().any(|s| s.is_closed())
+    }
+
     /// Stops the shard tasks after the work already queued (and its store writes) is done.
     pub async fn shutdown(&self) {
+        self.inner.shared.stopping.store(true, Ordering::Relaxed);
         for tx in &self.inner.senders {
             let (reply, rx) = oneshot::channel();
             if tx.send(Command::Shutdown { reply }).await.is_ok() {

@@ -35,6 +35,10 @@ pub(crate) struct Shared {
     pub(crate) rules: Rules,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) metrics: Metrics,
+    /// False while the latest store write failed (until one succeeds).
+    pub(crate) store_healthy: std::sync::atomic::AtomicBool,
+    /// Set once shutdown began.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 /// One routed input: the battle it targets (resolved for `RoomDestroyed`) and the event.
@@ -447,6 +451,9 @@ impl Shard {
             }));
         }
         let stored = shared.store.write(ops).await;
+        shared
+            .store_healthy
+            .store(stored.is_ok(), std::sync::atomic::Ordering::Relaxed);
         self.retry_at = None;
         match &stored {
             Ok(()) => hub.deliver(notes),

@@ -189,8 +189,10 @@ async fn nothing_is_acknowledged_before_it_is_stored() {
     store
         .failing
         .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(e.is_ready());
     let err = e.apply(create("b", false, T0)).await.unwrap_err();
     assert!(err.to_string().contains("disk on fire"));
+    assert!(!e.is_ready(), "not ready while the store fails");
     assert!(store.inner.is_empty());
     // The retry (Tencent's, or any) is acknowledged only once the change is stored.
     let err = e.apply(create("b", false, T0)).await.unwrap_err();
@@ -201,6 +203,9 @@ async fn nothing_is_acknowledged_before_it_is_stored() {
     let a = e.apply(create("b", false, T0)).await.unwrap();
     assert_eq!(a.outcome, Outcome::Duplicate);
     assert_eq!(store.inner.len(), 1);
+    assert!(e.is_ready(), "ready again once a write succeeds");
+    e.shutdown().await;
+    assert!(!e.is_ready(), "not ready once shut down");
     let n = e.battle("b").unwrap();
     assert_eq!(n.state, State::Running);
     let _ = Target::Update;

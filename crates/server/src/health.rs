@@ -22,13 +22,21 @@ pub async fn healthz() -> Json<Status> {
     })
 }
 
-/// `GET /readyz`: 200 while the engine accepts events; 503 `shutting_down` once shutdown began.
+/// `GET /readyz`: 200 while the engine accepts events; 503 `shutting_down` once shutdown began,
+/// 503 `not_ready` while the engine cannot take events (a failing store, a stopped shard).
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     if state.is_shutting_down() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the server is shutting down",
+        ));
+    }
+    if !state.engine().is_ready() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the engine cannot take events now (its store is failing); see the log",
         ));
     }
     Ok(Json(Status {
