@@ -66,21 +66,16 @@ fn unique_creates(n: usize, tag: &str) -> Vec<Vec<u8>> {
 /// it says what a request costs even when wall time is stretched by other work.
 #[cfg(target_os = "linux")]
 fn process_cpu() -> Duration {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-    let mut ts = Timespec { sec: 0, nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime only writes the timespec we own.
-    if unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
         return Duration::ZERO;
     }
-    Duration::new(ts.sec.max(0) as u64, ts.nsec.clamp(0, 999_999_999) as u32)
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), nanos)
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -1,8 +1,9 @@
 //! Callback bodies: Tencent's JSON to engine [`Event`]s.
 //!
-//! Two passes over the bytes. The first checks that the body is one JSON object and reads its
-//! `CallbackCommand` (which must equal the URL's); the second reads the command's fields into a
-//! wire struct, naming the failing field (`ToRoomList[0].Owner_Account`) in a 422. Unknown
+//! One pass reads the command's fields into a wire struct and checks the body's
+//! `CallbackCommand` against the URL's. Only if that pass fails do two careful passes find out
+//! why: is the body one JSON object (4001) with the right command (4002)? which field is wrong
+//! (4222, naming it: `ToRoomList[0].Owner_Account`)? Unknown
 //! fields are ignored; every field but `BattleId` (`RoomId` for DestroyRoom) is optional.
 //!
 //! | callback | event |
@@ -43,7 +44,9 @@ struct Envelope<'a> {
 /// `Live.CallbackAfterCreateBattle`.
 #[derive(Default, Deserialize)]
 #[serde(default)]
-struct CreateWire {
+struct CreateWire<'a> {
+    #[serde(rename = "CallbackCommand", borrow)]
+    command: Option<&'a RawValue>,
     #[serde(rename = "BattleId")]
     battle_id: Option<String>,
     #[serde(rename = "Operator_Account")]
@@ -68,7 +71,9 @@ struct CreateWire {
 /// and `OpType`, and no `Score` in its rooms).
 #[derive(Default, Deserialize)]
 #[serde(default)]
-struct BattleWire {
+struct BattleWire<'a> {
+    #[serde(rename = "CallbackCommand", borrow)]
+    command: Option<&'a RawValue>,
     #[serde(rename = "BattleId")]
     battle_id: Option<String>,
     #[serde(rename = "Duration")]
@@ -104,7 +109,9 @@ struct RoomWire {
 /// `Live.CallbackAfterDestroyRoom` (its `RoomInfo{}` and `Statistic{}` are ignored).
 #[derive(Default, Deserialize)]
 #[serde(default)]
-struct DestroyRoomWire {
+struct DestroyRoomWire<'a> {
+    #[serde(rename = "CallbackCommand", borrow)]
+    command: Option<&'a RawValue>,
     #[serde(rename = "RoomId")]
     room_id: Option<String>,
     #[serde(rename = "EventTime")]
@@ -131,15 +138,46 @@ struct DestroyRoomWire {
 /// assert_eq!(owner, "144115245353757792");
 /// ```
 pub fn parse_payload(command: &Command, body: &[u8]) -> Result<Action, Refusal> {
-    check_envelope(command, body)?;
     let event = match command {
-        Command::CreateBattle => Event::Created(created(fields(body)?)?),
-        Command::StartBattle => Event::Started(started(fields(body)?)?),
-        Command::EndBattle => Event::Ended(ended(fields(body)?)?),
-        Command::DestroyRoom => Event::RoomDestroyed(room_destroyed(fields(body)?)?),
-        Command::Other(_) => return Ok(Action::Acknowledge),
+        Command::CreateBattle => Event::Created(created(wire(command, body)?)?),
+        Command::StartBattle => Event::Started(started(wire(command, body)?)?),
+        Command::EndBattle => Event::Ended(ended(wire(command, body)?)?),
+        Command::DestroyRoom => Event::RoomDestroyed(room_destroyed(wire(command, body)?)?),
+        Command::Other(_) => {
+            check_envelope(command, body)?;
+            return Ok(Action::Acknowledge);
+        }
     };
     Ok(Action::Apply(event))
+}
+
+/// A wire struct that carries the body's `CallbackCommand`.
+trait Wire<'de>: Deserialize<'de> {
+    fn command(&self) -> Option<&'de RawValue>;
+}
+
+macro_rules! wire_command {
+    ($($ty:ident),*) => {$(
+        impl<'de> Wire<'de> for $ty<'de> {
+            fn command(&self) -> Option<&'de RawValue> {
+                self.command
+            }
+        }
+    )*};
+}
+
+wire_command!(CreateWire, BattleWire, DestroyRoomWire);
+
+/// The command's fields. Fast path: one plain pass. Only when it fails are the careful passes
+/// run, to tell malformed JSON (4001) and a wrong command (4002) from a wrong field (4222, with
+/// the field's path).
+fn wire<'de, T: Wire<'de>>(command: &Command, body: &'de [u8]) -> Result<T, Refusal> {
+    if let Ok(ObjectOnly(w)) = serde_json::from_slice::<ObjectOnly<T>>(body) {
+        check_command(command, w.command())?;
+        return Ok(w);
+    }
+    check_envelope(command, body)?;
+    fields(body)
 }
 
 fn check_envelope(command: &Command, body: &[u8]) -> Result<(), Refusal> {
@@ -151,8 +189,12 @@ fn check_envelope(command: &Command, body: &[u8]) -> Result<(), Refusal> {
         };
         Refusal::new(Reason::MalformedJson, format!("{what}: {e}"))
     })?;
+    check_command(command, envelope.0.command)
+}
+
+fn check_command(command: &Command, body_command: Option<&RawValue>) -> Result<(), Refusal> {
     let url = command.as_str();
-    let Some(raw) = envelope.0.command else {
+    let Some(raw) = body_command else {
         return Err(Refusal::new(
             Reason::CommandMismatch,
             format!("body has no CallbackCommand; the URL says {url}"),
@@ -177,7 +219,7 @@ fn check_envelope(command: &Command, body: &[u8]) -> Result<(), Refusal> {
     }
 }
 
-/// The second pass: the command's fields, with the failing field's path on error.
+/// The careful pass: the command's fields, with the failing field's path on error.
 fn fields<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, Refusal> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize::<_, ObjectOnly<T>>(&mut de)
@@ -200,7 +242,7 @@ fn required(value: Option<String>, name: &str) -> Result<String, Refusal> {
     }
 }
 
-fn created(w: CreateWire) -> Result<Created, Refusal> {
+fn created(w: CreateWire<'_>) -> Result<Created, Refusal> {
     Ok(Created {
         battle_id: required(w.battle_id, "BattleId")?,
         operator: w.operator.map(|a| a.0),
@@ -236,11 +278,11 @@ macro_rules! battle_event {
     }};
 }
 
-fn started(w: BattleWire) -> Result<Started, Refusal> {
+fn started(w: BattleWire<'_>) -> Result<Started, Refusal> {
     Ok(battle_event!(Started, w {}))
 }
 
-fn ended(w: BattleWire) -> Result<Ended, Refusal> {
+fn ended(w: BattleWire<'_>) -> Result<Ended, Refusal> {
     Ok(battle_event!(
         Ended,
         w {
@@ -266,7 +308,7 @@ fn room(w: RoomWire, battle_id: &str, place: &str) -> Option<RoomInfo> {
     }
 }
 
-fn room_destroyed(w: DestroyRoomWire) -> Result<RoomDestroyed, Refusal> {
+fn room_destroyed(w: DestroyRoomWire<'_>) -> Result<RoomDestroyed, Refusal> {
     let room_id = required(w.room_id, "RoomId")?;
     tracing::debug!(
         room_id,

@@ -66,13 +66,12 @@ fn matches_choice(token: &str, request_time: &str, got: &[u8; 32]) -> Choice {
 
 /// A token rotated out, and until when (engine ms) it is still accepted. `token: None` means
 /// the app had auth off: unsigned requests stay accepted until then.
-#[derive(Clone)]
 struct Previous {
     token: Option<String>,
     until_ms: i64,
 }
 
-#[derive(Clone)]
+/// One app's tokens.
 struct AppKeys {
     current: Option<String>,
     previous: Option<Previous>,
@@ -189,8 +188,9 @@ impl Verifier {
                 ))
             }
         };
-        // Clone the app's keys out so the lock is not held while hashing.
-        let keys = self.read().get(sdk_app_id).cloned().ok_or_else(|| {
+        // Hashing under the read lock is fine: only a rotation takes the write lock.
+        let apps = self.read();
+        let keys = apps.get(sdk_app_id).ok_or_else(|| {
             Refusal::new(
                 Reason::ForeignSdkAppId,
                 format!("SdkAppid {} is not served here", shorten(sdk_app_id)),
@@ -205,7 +205,7 @@ impl Verifier {
                 ))
             }
         };
-        self.check_signature(&keys, query, now_ms)?;
+        self.check_signature(keys, query, now_ms)?;
         Ok(Authorized {
             sdk_app_id: sdk_app_id.to_owned(),
             command,
