@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The simulator against the real server, for CI: builds the release binaries, starts `livebattle`
-# on a free loopback port with a callback token, sends a few seconds of signed Tencent battle
+# on a free loopback port with a callback token and a throwaway data directory, sends a few seconds of signed Tencent battle
 # webhooks (duplicates and out-of-order deliveries included) with `livebattle-simulate --verify`,
 # stops the server, and exits non-zero on any HTTP error, verification mismatch or server crash.
 #
@@ -39,6 +39,7 @@ trap cleanup EXIT
   --sdk-app-id "$app" \
   --token "$token" \
   --response-grace-ms "$grace" \
+  --data-dir "$work/data" \
   >"$work/stdout" 2>"$work/server.log" &
 server_pid=$!
 

@@ -24,6 +24,7 @@ const ID_MANUAL_END: &str = "4siHsNsWN/T3aub9zKraqPbSEGRX2z6gs3LDFi+d/3M=";
 const ID_AWAITING: &str = "4siHsNsWN/T3aub9zKraqI4zZAyPRpXQhdtKv1q4HOs=";
 const ID_TIMER_END: &str = "4siHsNsWN/T3aub9zKraqPfGQAimPhdFoe6VWhtz9lY=";
 const ID_LONG: &str = "4siHsNsWN/T3aub9zKraqBr0wserTest+Long/Run0=";
+const ID_AFTER_RESTART: &str = "4siHsNsWN/T3aub9zKraqBr0wserTest+Restart/0=";
 const WAIT: Duration = Duration::from_secs(15);
 
 #[test]
@@ -42,7 +43,7 @@ fn countdown_page_follows_battles_in_headless_chromium() {
         return;
     };
     let scratch = Scratch::new();
-    let server = start_server(&scratch.0);
+    let server = start_server(&scratch.0, "127.0.0.1:0");
     let url = format!("http://{}/", server.addr);
     let mut browser = Browser::launch(&chromium, &scratch.0);
     let page = browser.open(&url);
@@ -133,6 +134,43 @@ fn countdown_page_follows_battles_in_headless_chromium() {
         "live battles first"
     );
     browser.screenshot(&page, "browser-ended.png");
+
+    // The server goes away: the page says so, and EventSource keeps retrying.
+    let addr = server.addr.clone();
+    drop(server);
+    browser.wait_for(
+        &page,
+        "document.getElementById('conn').dataset.status !== 'live'",
+        "the page to notice the lost connection",
+    );
+    // The server restarts on the same address and data directory: the page reconnects, still
+    // shows the battles the server kept, and follows new ones.
+    let server = start_server(&scratch.0, &addr);
+    browser.wait_for(
+        &page,
+        "document.getElementById('conn').dataset.status === 'live'",
+        "the page to reconnect",
+    );
+    server.callback(&create(
+        ID_AFTER_RESTART,
+        "pk-31",
+        "pk-32",
+        false,
+        30_000,
+        unix_ms(),
+    ));
+    browser.wait_for_card(&page, ID_AFTER_RESTART, "running");
+    let long = browser.card(&page, ID_LONG);
+    assert_eq!(long["state"], json!("running"), "{long}");
+    assert!(
+        countdown_secs(&long) > 60.0,
+        "a 90 s battle keeps its deadline across the restart: {long}"
+    );
+    assert_eq!(
+        browser.card(&page, ID_MANUAL_END)["state"],
+        json!("ended"),
+        "recently ended battles stay for a while"
+    );
     browser.close();
 }
 
@@ -176,17 +214,16 @@ struct Server {
     _child: KillOnDrop,
 }
 
-fn start_server(scratch: &Path) -> Server {
-    let log = File::create(scratch.join("server.log")).expect("server log file");
+fn start_server(scratch: &Path, listen: &str) -> Server {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(scratch.join("server.log"))
+        .expect("server log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_livebattle"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--sdk-app-id",
-            APP,
-            "--token",
-            TOKEN,
-        ])
+        .args(["--listen", listen, "--sdk-app-id", APP, "--token", TOKEN])
+        .arg("--data-dir")
+        .arg(scratch.join("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
