@@ -24,11 +24,15 @@
 //! * `naive`: the same pure core ([`transition::apply_event`], [`transition::apply_timer`]) in a
 //!   naive shell — one `Mutex<HashMap>` of battles (and a room index, as the engine keeps), one
 //!   tokio task per battle sleeping with `tokio::time::sleep_until`, and a `Notify` per battle to
-//!   re-arm (the task drops its sleep and sleeps again). Only the shell differs.
+//!   re-arm (the task drops its sleep and sleeps again). Only the shell differs;
+//! * `records`: the floor — the `Battle` records alone, in a `Vec`.
 //!
 //! Times are measured around the applying code only (building the events is excluded), and for
-//! phase 3 around the whole advance-and-fire loop. A counting allocator wraps the system
-//! allocator in every design (allocations per event, live heap bytes).
+//! phase 3 around the whole advance-and-fire loop, both as wall time and as the thread's CPU
+//! time; rates are per CPU-second (the machine may be shared). A counting allocator wraps the
+//! system allocator in every design (allocations per event, live heap bytes). The process
+//! exits non-zero only when a design gets the lifecycle wrong; missed targets print `MISS`.
+//! Results and analysis: docs/benchmarks.md.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -131,8 +135,11 @@ struct Config {
 
 impl Config {
     fn from_args(args: &[String]) -> Config {
+        // A debug build (e.g. `cargo test --all-targets` runs this bench as a test) is never for
+        // figures: smoke mode.
         let smoke = args.iter().any(|a| a == "--smoke")
-            || std::env::var("LIVEBATTLE_BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
+            || std::env::var("LIVEBATTLE_BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0")
+            || cfg!(debug_assertions);
         let get = |name: &str| -> Option<usize> {
             let i = args.iter().position(|a| a == name)?;
             args.get(i + 1)?.replace('_', "").parse().ok()
