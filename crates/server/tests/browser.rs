@@ -171,6 +171,11 @@ fn countdown_page_follows_battles_in_headless_chromium() {
         json!("ended"),
         "recently ended battles stay for a while"
     );
+    assert!(
+        browser.page_errors.is_empty(),
+        "the page threw: {:?}",
+        browser.page_errors
+    );
     browser.close();
 }
 
@@ -317,6 +322,8 @@ struct Browser {
     to_browser: ChildStdin,
     from_browser: Receiver<Value>,
     next_id: u64,
+    /// Uncaught exceptions the pages threw (`Runtime.exceptionThrown`).
+    page_errors: Vec<Value>,
 }
 
 impl Browser {
@@ -374,6 +381,7 @@ impl Browser {
             to_browser,
             from_browser: rx,
             next_id: 0,
+            page_errors: Vec::new(),
         }
     }
 
@@ -401,7 +409,12 @@ impl Browser {
                     }
                     return reply["result"].clone();
                 }
-                Ok(_event) => continue,
+                Ok(event) => {
+                    if event["method"] == "Runtime.exceptionThrown" {
+                        self.page_errors
+                            .push(event["params"]["exceptionDetails"].clone());
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => panic!("{method}: no reply from chromium"),
                 Err(RecvTimeoutError::Disconnected) => panic!("{method}: chromium went away"),
             }
