@@ -13,8 +13,8 @@ use axum::body::Body;
 use axum::http::Request;
 use livebattle_engine::{Clock, Engine, TokioClock};
 use livebattle_ingest::{
-    compute_sign, parse_and_verify, parse_payload, AppConfig, Command, Ingest, IngestConfig,
-    Verifier,
+    compute_sign, parse_and_verify, parse_payload, AppConfig, CallbackQuery, Command, Ingest,
+    IngestConfig, Verifier,
 };
 use tower::ServiceExt;
 
@@ -144,6 +144,14 @@ fn main() {
         Ok(v) => v,
         Err(e) => panic!("bench config: {e}"),
     };
+    let query = signed_query(Command::EndBattle.as_str(), now_ms);
+    time_sync("verify only (query, SdkAppid, Sign, freshness)", n, |_| {
+        let q = CallbackQuery::parse(black_box(&query));
+        assert!(q.is_ok_and(|q| verifier.authorize(&q, now_ms).is_ok()));
+    });
+    time_sync("sha256 Sign only", n, |_| {
+        black_box(compute_sign(black_box(TOKEN), black_box("1739954005")));
+    });
     for (name, command, body) in &samples {
         let query = signed_query(command.as_str(), now_ms);
         time_sync(&format!("parse + verify ({name}, signed)"), n, |_| {
