@@ -1,6 +1,5 @@
 //! The engine handle: start it, feed it events, query it, listen to it.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -162,8 +161,8 @@ impl EngineBuilder {
         let loaded = self.store.load().await.map_err(EngineError::Store)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::system()));
         let shared = Arc::new(Shared {
-            battles: DashMap::new(),
-            rooms: DashMap::new(),
+            battles: DashMap::default(),
+            rooms: DashMap::default(),
             hub: Hub::new(self.channel_capacity, self.replay_capacity, 0),
             clock,
             rules: self.rules,
@@ -200,8 +199,14 @@ impl EngineBuilder {
     }
 }
 
+/// The shard that owns a battle: a fixed (unseeded) FNV-1a hash, so the placement is the same
+/// in every process.
 fn shard_of(id: &str, n: usize) -> usize {
-    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
     (h % n as u64) as usize
 }
 

@@ -27,6 +27,7 @@ mod shard;
 pub mod store;
 #[cfg(feature = "store-contract")]
 pub mod store_contract;
+mod timers;
 pub mod transition;
 
 pub use battle::{

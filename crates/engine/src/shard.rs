@@ -5,31 +5,32 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::time::delay_queue::{self, DelayQueue};
 
 use crate::battle::{Battle, State, Timer};
-use crate::clock::{instant_for, Clock};
+use crate::clock::Clock;
 use crate::engine::{Applied, EngineError, Outcome};
 use crate::event::{Cause, Event};
 use crate::metrics::Metrics;
 use crate::notify::{Hub, Notification, Target};
 use crate::store::{Store, StoreOp};
+use crate::timers::TimerQueue;
 use crate::transition::{apply_event, apply_timer, Change, Effects, Rules};
 
-/// A battle as the shard keeps it: the record and the key of its queued timer.
+/// A battle as the shard keeps it (boxed: the map's buckets stay small).
 pub(crate) struct Slot {
-    pub(crate) battle: Battle,
-    key: Option<delay_queue::Key>,
+    pub(crate) battle: Box<Battle>,
 }
+
+/// The hasher of the engine's maps: fast, and seeded per process.
+pub(crate) type Hasher = foldhash::fast::RandomState;
 
 /// State shared by all shards and the engine handle (read side).
 pub(crate) struct Shared {
-    pub(crate) battles: DashMap<Arc<str>, Slot>,
-    pub(crate) rooms: DashMap<Box<str>, Arc<str>>,
+    pub(crate) battles: DashMap<Arc<str>, Slot, Hasher>,
+    pub(crate) rooms: DashMap<Box<str>, Arc<str>, Hasher>,
     pub(crate) hub: Hub,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rules: Rules,
@@ -62,7 +63,8 @@ type Reply = (
 pub(crate) struct Shard {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
-    queue: DelayQueue<(Arc<str>, Timer)>,
+    queue: TimerQueue<(Arc<str>, Timer)>,
+    due: Vec<(i64, (Arc<str>, Timer))>,
     /// Evicted ids still inside the dedupe horizon, and when each may be forgotten.
     evicted: HashMap<Arc<str>, i64>,
     evicted_order: VecDeque<(i64, Arc<str>)>,
@@ -85,7 +87,8 @@ impl Shard {
         let mut shard = Shard {
             shared,
             rx,
-            queue: DelayQueue::new(),
+            queue: TimerQueue::new(),
+            due: Vec::new(),
             evicted: HashMap::new(),
             evicted_order: VecDeque::new(),
             ops: Vec::new(),
@@ -116,14 +119,19 @@ impl Shard {
                 self.shared.rooms.insert(r.into(), id.clone());
             }
         }
-        let key = b.timer.map(|t| self.insert_timer(&id, t));
-        self.shared.battles.insert(id, Slot { battle: b, key });
+        if let Some(t) = b.timer {
+            self.insert_timer(&id, t);
+        }
+        self.shared.battles.insert(
+            id,
+            Slot {
+                battle: Box::new(b),
+            },
+        );
     }
 
-    fn insert_timer(&mut self, id: &Arc<str>, t: Timer) -> delay_queue::Key {
-        self.shared.metrics.timer_armed(false);
-        let at = instant_for(&*self.shared.clock, t.at_ms);
-        self.queue.insert_at((id.clone(), t), at)
+    fn insert_timer(&mut self, id: &Arc<str>, t: Timer) {
+        self.queue.insert(t.at_ms, (id.clone(), t));
     }
 
     pub(crate) async fn run(mut self) {
@@ -156,8 +164,10 @@ impl Shard {
                         break;
                     }
                 }
-                Some(expired) = std::future::poll_fn(|cx| self.queue.poll_expired(cx)) => {
-                    self.on_timer(expired.into_inner());
+                () = std::future::poll_fn(|cx| {
+                    let clock = self.shared.clock.clone();
+                    self.queue.poll_due(cx, &*clock)
+                }) => {
                     self.fire_due();
                     self.flush().await;
                 }
@@ -168,12 +178,14 @@ impl Shard {
         }
     }
 
-    /// Fires every timer already due, without waiting (so one wake-up is one batch).
+    /// Fires every timer already due, earliest first (so one wake-up is one batch).
     fn fire_due(&mut self) {
-        let mut cx = Context::from_waker(Waker::noop());
-        while let Poll::Ready(Some(expired)) = self.queue.poll_expired(&mut cx) {
-            self.on_timer(expired.into_inner());
+        let mut due = std::mem::take(&mut self.due);
+        self.queue.take_due(self.now(), &mut due);
+        for (_, entry) in due.drain(..) {
+            self.on_timer(entry);
         }
+        self.due = due;
         self.forget_expired();
     }
 
@@ -191,7 +203,7 @@ impl Shard {
         let shared = self.shared.clone();
         let rules = &shared.rules;
         let mut slot = shared.battles.get_mut(&id);
-        let existing = slot.as_deref_mut().map(|s| &mut s.battle);
+        let existing = slot.as_deref_mut().map(|s| &mut *s.battle);
         let before_state = existing.as_ref().map(|b| b.state);
         let before_timer = existing.as_ref().and_then(|b| b.timer);
         let before_version = existing.as_ref().map(|b| b.version);
@@ -205,9 +217,17 @@ impl Shard {
                 if !fx.change.notifies() {
                     return Ok(Applied::unchanged(Outcome::Unchanged, None, 0));
                 }
-                let key = b.timer.map(|t| self.insert_timer(&id, t));
+                if let Some(t) = b.timer {
+                    self.shared.metrics.timer_armed(false);
+                    self.insert_timer(&id, t);
+                }
                 let applied = self.after_change(&b, fx, cause, None, None);
-                self.shared.battles.insert(id, Slot { battle: b, key });
+                self.shared.battles.insert(
+                    id,
+                    Slot {
+                        battle: Box::new(b),
+                    },
+                );
                 Ok(applied)
             }
             None => {
@@ -222,21 +242,19 @@ impl Shard {
         }
     }
 
-    /// Keeps the queued timer equal to the one the battle wants.
+    /// Queues the battle's timer if it changed. The old one stays queued and, when due, fails
+    /// the generation check.
     fn retime(&mut self, slot: &mut Slot, id: &Arc<str>, before: Option<Timer>) {
-        if slot.battle.timer == before {
+        let now = slot.battle.timer;
+        if now == before {
             return;
         }
-        if let Some(k) = slot.key.take() {
-            self.queue.try_remove(&k);
-            if slot.battle.timer.is_none() {
-                self.shared.metrics.timer_cancelled();
+        match now {
+            Some(t) => {
+                self.shared.metrics.timer_armed(before.is_some());
+                self.insert_timer(id, t);
             }
-        }
-        if let Some(t) = slot.battle.timer {
-            self.shared.metrics.timer_armed(before.is_some());
-            let at = instant_for(&*self.shared.clock, t.at_ms);
-            slot.key = Some(self.queue.insert_at((id.clone(), t), at));
+            None => self.shared.metrics.timer_cancelled(),
         }
     }
 
@@ -336,7 +354,10 @@ impl Shard {
         let Some(mut slot) = shared.battles.get_mut(&id) else {
             return;
         };
-        slot.key = None;
+        if slot.battle.timer != Some(timer) {
+            // Stale: the battle moved on and queued its new timer already.
+            return;
+        }
         let before_state = slot.battle.state;
         let before_version = slot.battle.version;
         let fx = apply_timer(&mut slot.battle, timer, now, &shared.rules);
@@ -347,10 +368,7 @@ impl Shard {
                 self.shared.metrics.timer_fired(late);
                 self.evict(&id, now);
             }
-            Change::None => {
-                // Stale: re-queue whatever the battle wants now.
-                self.retime(&mut slot, &id, None);
-            }
+            Change::None => {}
             _ => {
                 self.shared.metrics.timer_fired(late);
                 let cause = match timer.kind {
@@ -358,7 +376,7 @@ impl Shard {
                     crate::battle::TimerKind::ResponseDeadline => Cause::ResponseTimer,
                     _ => Cause::EndTimer,
                 };
-                self.retime(&mut slot, &id, None);
+                self.retime(&mut slot, &id, Some(timer));
                 self.after_change(
                     &slot.battle,
                     fx,

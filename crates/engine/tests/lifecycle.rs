@@ -586,3 +586,23 @@ async fn queries_by_state_and_room() {
     assert_eq!(&*page[0].battle_id, "b");
     assert_eq!(e.metrics().battles_in(State::AwaitingResponse), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_deadline_queued_after_a_later_one_still_fires_on_time() {
+    let e = builder().shards(1).start().await.unwrap();
+    e.apply(create("late", false, T0)).await.unwrap();
+    at(&e, 1_000).await;
+    let mut early = create("early", false, T0 + 1_000);
+    if let Event::Created(c) = &mut early {
+        c.duration_ms = Some(5_000);
+        c.from_room = Some("pk-30".into());
+        c.to_rooms = vec!["pk-50".into()];
+    }
+    e.apply(early).await.unwrap();
+    at(&e, 5_999).await;
+    assert_eq!(e.battle("early").unwrap().state, State::Running);
+    at(&e, 6_000).await;
+    let b = e.battle("early").unwrap();
+    assert_eq!((b.state, b.ended_at_ms), (State::Ended, Some(T0 + 6_000)));
+    assert_eq!(e.battle("late").unwrap().state, State::Running);
+}
