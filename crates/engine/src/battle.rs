@@ -110,7 +110,7 @@ pub enum Response {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
     /// The room.
-    pub room_id: Box<str>,
+    pub room_id: Arc<str>,
     /// Its owner (`Owner_Account`), exactly as Tencent sent it.
     pub owner_account: Option<Box<str>>,
     /// Current score (final once the End webhook came).
@@ -122,9 +122,9 @@ pub struct Participant {
 }
 
 impl Participant {
-    pub(crate) fn new(room_id: &str) -> Participant {
+    pub(crate) fn new(room_id: Arc<str>) -> Participant {
         Participant {
-            room_id: room_id.into(),
+            room_id,
             owner_account: None,
             score: 0,
             response: None,
@@ -178,9 +178,9 @@ pub struct Battle {
     /// Which battle webhooks were applied (bits of `seen`).
     pub seen: u8,
     /// The caller's room.
-    pub from_room: Option<Box<str>>,
+    pub from_room: Option<Arc<str>>,
     /// The invited callees (from Create).
-    pub to_rooms: Vec<Box<str>>,
+    pub to_rooms: Vec<Arc<str>>,
     /// `Operator_Account`.
     pub operator: Option<Box<str>>,
     /// `NeedResponse`.
@@ -233,9 +233,9 @@ pub enum StartSource {
 
 impl Battle {
     /// A battle nobody has heard anything about yet (stores and tests build records with it).
-    pub fn new(id: &str, state: State, now_ms: i64) -> Battle {
+    pub fn new(id: impl Into<Arc<str>>, state: State, now_ms: i64) -> Battle {
         Battle {
-            id: Arc::from(id),
+            id: id.into(),
             state,
             version: 0,
             seen: 0,
@@ -289,6 +289,18 @@ impl Battle {
         out
     }
 
+    /// The battle's own `Arc` for a room it already knows, or a new one: a room's name is
+    /// allocated once per battle, whatever list it appears in.
+    pub(crate) fn room_arc(&self, room: &str) -> Arc<str> {
+        self.from_room
+            .iter()
+            .chain(&self.to_rooms)
+            .chain(self.participants.iter().map(|p| &p.room_id))
+            .find(|r| &***r == room)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(room))
+    }
+
     pub(crate) fn participant_mut(&mut self, room: &str) -> Option<&mut Participant> {
         self.participants.iter_mut().find(|p| &*p.room_id == room)
     }
@@ -334,7 +346,7 @@ impl Battle {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipantView {
     /// The room.
-    pub room_id: Box<str>,
+    pub room_id: Arc<str>,
     /// Its owner, exactly as Tencent sent it.
     pub owner_account: Option<Box<str>>,
     /// Current (or final) score.
@@ -355,9 +367,9 @@ pub struct BattleSnapshot {
     /// Bumped on every change.
     pub version: u64,
     /// The caller's room.
-    pub from_room: Option<Box<str>>,
+    pub from_room: Option<Arc<str>>,
     /// The invited callees.
-    pub to_rooms: Vec<Box<str>>,
+    pub to_rooms: Vec<Arc<str>>,
     /// `Operator_Account`.
     pub operator: Option<Box<str>>,
     /// `NeedResponse`.

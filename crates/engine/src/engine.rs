@@ -267,17 +267,20 @@ impl Engine {
     }
 
     fn route(&self, event: Event) -> Result<Option<(usize, Routed)>, EngineError> {
-        let id: Arc<str> = match &event {
+        let n = self.inner.senders.len();
+        match &event {
             Event::RoomDestroyed(d) => match self.inner.shared.rooms.get(d.room_id.as_str()) {
-                Some(id) => id.clone(),
-                None => return Ok(None),
+                Some(id) => {
+                    let id = id.clone();
+                    Ok(Some((shard_of(&id, n), (Some(id), event))))
+                }
+                None => Ok(None),
             },
             other => match other.battle_id() {
-                Some(id) if !id.is_empty() => Arc::from(id),
-                _ => return Err(EngineError::Invalid("empty battle id".into())),
+                Some(id) if !id.is_empty() => Ok(Some((shard_of(id, n), (None, event)))),
+                _ => Err(EngineError::Invalid("empty battle id".into())),
             },
-        };
-        Ok(Some((shard_of(&id, self.inner.senders.len()), (id, event))))
+        }
     }
 
     /// Applies one event. Returns once the event's effect is applied, stored and published.

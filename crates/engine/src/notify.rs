@@ -172,6 +172,9 @@ pub struct ResumeTooOld {
 
 pub(crate) struct Hub {
     inner: Mutex<HubInner>,
+    /// Someone listens, or listened once (set on the first observer or subscription, or when
+    /// the replay ring is on): until then the shards skip building notifications.
+    audience: std::sync::atomic::AtomicBool,
     all: broadcast::Sender<Arc<Notification>>,
     by_battle: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
     by_room: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
@@ -201,6 +204,7 @@ impl Hub {
                 waiting: std::collections::BTreeMap::new(),
                 ring: VecDeque::new(),
             }),
+            audience: std::sync::atomic::AtomicBool::new(ring_capacity > 0),
             all: broadcast::channel(channel_capacity).0,
             by_battle: DashMap::new(),
             by_room: DashMap::new(),
@@ -212,15 +216,12 @@ impl Hub {
 
     /// Whether anyone would see a notification (if not, the shard skips building snapshots).
     pub(crate) fn has_audience(&self) -> bool {
-        self.ring_capacity > 0
-            || self.all.receiver_count() > 0
-            || !self.by_battle.is_empty()
-            || !self.by_room.is_empty()
-            || self
-                .observers
-                .read()
-                .map(|o| !o.is_empty())
-                .unwrap_or(false)
+        self.audience.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn gained_audience(&self) {
+        self.audience
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn last_seq(&self) -> u64 {
@@ -330,6 +331,7 @@ impl Hub {
     }
 
     pub(crate) fn add_observer(&self, o: Arc<dyn Observer>) {
+        self.gained_audience();
         if let Ok(mut obs) = self.observers.write() {
             obs.push(o);
         }
@@ -356,6 +358,7 @@ impl Hub {
         filter: Filter,
         after_seq: Option<u64>,
     ) -> Result<Subscription, ResumeTooOld> {
+        self.gained_audience();
         let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let mut replay = VecDeque::new();
         let start = match after_seq {

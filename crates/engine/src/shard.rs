@@ -30,7 +30,7 @@ pub(crate) type Hasher = foldhash::fast::RandomState;
 /// State shared by all shards and the engine handle (read side).
 pub(crate) struct Shared {
     pub(crate) battles: DashMap<Arc<str>, Slot, Hasher>,
-    pub(crate) rooms: DashMap<Box<str>, Arc<str>, Hasher>,
+    pub(crate) rooms: DashMap<Arc<str>, Arc<str>, Hasher>,
     pub(crate) hub: Hub,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rules: Rules,
@@ -42,8 +42,9 @@ pub(crate) struct Shared {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
-/// One routed input: the battle it targets (resolved for `RoomDestroyed`) and the event.
-pub(crate) type Routed = (Arc<str>, Event);
+/// One routed input: the battle it targets when the event does not name it (`RoomDestroyed`,
+/// resolved through the room index), and the event.
+pub(crate) type Routed = (Option<Arc<str>>, Event);
 
 pub(crate) enum Command {
     Apply {
@@ -193,8 +194,13 @@ impl Shard {
         self.shared.clock.now_ms()
     }
 
-    fn on_event(&mut self, id: Arc<str>, event: Event) -> Result<Applied, EngineError> {
-        if self.evicted.contains_key(&id) {
+    fn on_event(&mut self, target: Option<Arc<str>>, event: Event) -> Result<Applied, EngineError> {
+        let id: &str = match (&target, event.battle_id()) {
+            (Some(t), _) => t,
+            (None, Some(id)) => id,
+            (None, None) => return Err(EngineError::Invalid("no battle".into())),
+        };
+        if self.evicted.contains_key(id) {
             self.shared.metrics.event(true);
             return Ok(Applied::unchanged(Outcome::Evicted, Some(State::Ended), 0));
         }
@@ -202,7 +208,7 @@ impl Shard {
         let cause = event.cause();
         let shared = self.shared.clone();
         let rules = &shared.rules;
-        let mut slot = shared.battles.get_mut(&id);
+        let mut slot = shared.battles.get_mut(id);
         let existing = slot.as_deref_mut().map(|s| &mut *s.battle);
         let before_state = existing.as_ref().map(|b| b.state);
         let before_timer = existing.as_ref().and_then(|b| b.timer);
@@ -217,13 +223,14 @@ impl Shard {
                 if !fx.change.notifies() {
                     return Ok(Applied::unchanged(Outcome::Unchanged, None, 0));
                 }
+                let key = b.id.clone();
                 if let Some(t) = b.timer {
                     self.shared.metrics.timer_armed(false);
-                    self.insert_timer(&id, t);
+                    self.insert_timer(&key, t);
                 }
                 let applied = self.after_change(&b, fx, cause, None, None);
                 self.shared.battles.insert(
-                    id,
+                    key,
                     Slot {
                         battle: Box::new(b),
                     },
@@ -236,7 +243,8 @@ impl Shard {
                         crate::transition::Refusal::UnknownBattle,
                     ));
                 };
-                self.retime(slot, &id, before_timer);
+                let key = slot.battle.id.clone();
+                self.retime(slot, &key, before_timer);
                 Ok(self.after_change(&slot.battle, fx, cause, before_state, before_version))
             }
         }
@@ -334,15 +342,21 @@ impl Shard {
     /// The room index maps each room to the live battle it is in; ended battles let go.
     fn index_rooms(&self, b: &Battle) {
         let rooms = &self.shared.rooms;
+        // Rooms may repeat across the three lists; both operations are idempotent.
+        let all = b
+            .from_room
+            .iter()
+            .chain(&b.to_rooms)
+            .chain(b.participants.iter().map(|p| &p.room_id));
         if b.state == State::Ended {
-            for r in b.rooms() {
-                rooms.remove_if(r, |_, id| *id == b.id);
+            for r in all {
+                rooms.remove_if(&**r, |_, id| *id == b.id);
             }
         } else {
-            for r in b.rooms() {
-                let linked = rooms.get(r).is_some_and(|id| *id == b.id);
+            for r in all {
+                let linked = rooms.get(&**r).is_some_and(|id| *id == b.id);
                 if !linked {
-                    rooms.insert(r.into(), b.id.clone());
+                    rooms.insert(r.clone(), b.id.clone());
                 }
             }
         }

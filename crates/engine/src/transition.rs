@@ -344,8 +344,10 @@ fn on_created(b: &mut Battle, c: &Created, now_ms: i64, clamp: &dyn Fn(i64) -> i
         .or(b.extension_info.take());
     b.need_response = c.need_response.or(b.need_response);
     b.timeout_ms = c.timeout_ms.or(b.timeout_ms);
-    b.to_rooms = c.to_rooms.iter().map(|r| r.as_str().into()).collect();
-    set_if_none(&mut b.from_room, c.from_room.as_deref().map(Into::into));
+    b.to_rooms = c.to_rooms.iter().map(|r| b.room_arc(r)).collect();
+    if b.from_room.is_none() {
+        b.from_room = c.from_room.as_deref().map(|r| b.room_arc(r));
+    }
     if !later_news {
         b.duration_ms = c.duration_ms.or(b.duration_ms);
     }
@@ -358,9 +360,11 @@ fn on_created(b: &mut Battle, c: &Created, now_ms: i64, clamp: &dyn Fn(i64) -> i
         // Provisional membership: caller and invited callees, keeping answers already heard.
         let mut rooms: Vec<&str> = c.from_room.iter().map(String::as_str).collect();
         rooms.extend(c.to_rooms.iter().map(String::as_str));
+        b.participants.reserve_exact(rooms.len());
         for r in rooms {
             if b.participant_mut(r).is_none() {
-                b.participants.push(Participant::new(r));
+                let arc = b.room_arc(r);
+                b.participants.push(Participant::new(arc));
                 rooms_changed = true;
             }
         }
@@ -488,7 +492,8 @@ fn on_response(b: &mut Battle, room: &str, accept: bool, now_ms: i64) -> Result<
     }
     let mut rooms_changed = false;
     if b.participant_mut(room).is_none() {
-        b.participants.push(Participant::new(room));
+        let arc = b.room_arc(room);
+        b.participants.push(Participant::new(arc));
         rooms_changed = true;
     }
     let Some(p) = b.participant_mut(room) else {
@@ -628,30 +633,55 @@ fn replace_members(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> 
         return false;
     }
     if let Some(f) = from {
-        set_if_none(&mut b.from_room, Some(f.room_id.as_str().into()));
-    }
-    let old = std::mem::take(&mut b.participants);
-    let mut changed = false;
-    for info in from.into_iter().chain(to) {
-        if b.participants.iter().any(|p| *p.room_id == *info.room_id) {
-            continue;
+        if b.from_room.is_none() {
+            b.from_room = Some(b.room_arc(&f.room_id));
         }
-        let mut p = match old.iter().find(|p| *p.room_id == *info.room_id) {
-            Some(p) => p.clone(),
-            None => {
-                changed = true;
-                Participant::new(&info.room_id)
+    }
+    let listed = || from.into_iter().chain(to);
+    let same_rooms = b.participants.len() == listed().count()
+        && listed()
+            .zip(&b.participants)
+            .all(|(info, p)| *p.room_id == *info.room_id);
+    let changed = if same_rooms {
+        false
+    } else {
+        // Rebuild in the callback's order, keeping what was known of each room.
+        let old = std::mem::take(&mut b.participants);
+        let mut rebuilt: Vec<Participant> = Vec::with_capacity(listed().count());
+        for info in listed() {
+            if rebuilt.iter().any(|p| *p.room_id == *info.room_id) {
+                continue;
             }
-        };
-        if let Some(o) = &info.owner_account {
-            p.owner_account = Some(o.as_str().into());
+            let p = match old.iter().position(|p| *p.room_id == *info.room_id) {
+                Some(i) => old[i].clone(),
+                None => {
+                    let arc = b.room_arc(&info.room_id);
+                    Participant::new(arc)
+                }
+            };
+            rebuilt.push(p);
         }
-        if let Some(s) = info.score {
-            p.score = s;
+        let changed = rebuilt.len() != old.len()
+            || rebuilt
+                .iter()
+                .zip(&old)
+                .any(|(n, o)| n.room_id != o.room_id);
+        b.participants = rebuilt;
+        changed
+    };
+    for info in listed() {
+        if let Some(p) = b.participant_mut(&info.room_id) {
+            if let Some(o) = &info.owner_account {
+                if p.owner_account.as_deref() != Some(o.as_str()) {
+                    p.owner_account = Some(o.as_str().into());
+                }
+            }
+            if let Some(s) = info.score {
+                p.score = s;
+            }
         }
-        b.participants.push(p);
     }
-    changed || old.len() != b.participants.len()
+    changed
 }
 
 /// Owners from a Start that came after End: End's membership and scores stand.

@@ -30,7 +30,7 @@ fn battle_id(i: usize) -> String {
 }
 
 fn stored_battle(i: usize, now: i64) -> Battle {
-    let mut b = Battle::new(&battle_id(i), State::Running, now);
+    let mut b = Battle::new(battle_id(i), State::Running, now);
     b.version = 2;
     b.seen = 3;
     b.from_room = Some(format!("room-a-{i}").into());
