@@ -158,11 +158,22 @@ impl EngineBuilder {
     /// Loads the store, rebuilds every battle and timer, and starts the shard tasks. Must be
     /// called inside a tokio runtime.
     pub async fn start(self) -> Result<Engine, EngineError> {
+        let started = std::time::Instant::now();
         let loaded = self.store.load().await.map_err(EngineError::Store)?;
+        let load_ms = started.elapsed().as_millis() as u64;
         let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::system()));
+        let stored = loaded.battles.len();
         let shared = Arc::new(Shared {
-            battles: DashMap::default(),
-            rooms: DashMap::default(),
+            battles: DashMap::with_capacity_and_hasher_and_shard_amount(
+                stored,
+                Default::default(),
+                MAP_SHARDS,
+            ),
+            rooms: DashMap::with_capacity_and_hasher_and_shard_amount(
+                2 * stored,
+                Default::default(),
+                MAP_SHARDS,
+            ),
             hub: Hub::new(self.channel_capacity, self.replay_capacity, 0),
             clock,
             rules: self.rules,
@@ -183,11 +194,30 @@ impl EngineBuilder {
         }
         let mut senders = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
+        // Rebuild the shards in parallel (one blocking task each): recovery of a large store is
+        // bound by inserting battles, room links and timers.
+        let mut building = Vec::with_capacity(n);
         for (battles, evicted) in per_shard {
             let (tx, rx) = mpsc::channel(self.queue_capacity);
-            let shard = Shard::new(shared.clone(), rx, battles, evicted);
-            handles.push(tokio::spawn(shard.run()));
+            let shared = shared.clone();
+            building.push(tokio::task::spawn_blocking(move || {
+                Shard::new(shared, rx, battles, evicted)
+            }));
             senders.push(tx);
+        }
+        for built in building {
+            let shard = built
+                .await
+                .map_err(|e| EngineError::Invalid(format!("rebuilding a shard failed: {e}")))?;
+            handles.push(tokio::spawn(shard.run()));
+        }
+        if stored > 0 {
+            tracing::info!(
+                battles = stored,
+                load_ms,
+                rebuild_ms = started.elapsed().as_millis() as u64 - load_ms,
+                "recovered from the store"
+            );
         }
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -201,6 +231,9 @@ impl EngineBuilder {
 
 /// The shard that owns a battle: a fixed (unseeded) FNV-1a hash, so the placement is the same
 /// in every process.
+/// Lock stripes of the shared maps: enough that shard tasks and readers rarely meet.
+const MAP_SHARDS: usize = 128;
+
 fn shard_of(id: &str, n: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.as_bytes() {

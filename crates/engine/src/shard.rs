@@ -115,11 +115,7 @@ impl Shard {
     fn restore(&mut self, b: Battle) {
         let id = b.id.clone();
         self.shared.metrics.state_moved(None, Some(b.state));
-        if b.state != State::Ended {
-            for r in b.rooms() {
-                self.shared.rooms.insert(r.into(), id.clone());
-            }
-        }
+        self.index_rooms(&b);
         if let Some(t) = b.timer {
             self.insert_timer(&id, t);
         }
@@ -342,22 +338,21 @@ impl Shard {
     /// The room index maps each room to the live battle it is in; ended battles let go.
     fn index_rooms(&self, b: &Battle) {
         let rooms = &self.shared.rooms;
-        // Rooms may repeat across the three lists; both operations are idempotent.
-        let all = b
-            .from_room
-            .iter()
-            .chain(&b.to_rooms)
-            .chain(b.participants.iter().map(|p| &p.room_id));
+        // Each distinct room once (participants usually repeat the caller and callees).
+        let listed = |r: &Arc<str>| b.from_room.as_ref() == Some(r) || b.to_rooms.contains(r);
+        let all = b.from_room.iter().chain(&b.to_rooms).chain(
+            b.participants
+                .iter()
+                .map(|p| &p.room_id)
+                .filter(|r| !listed(r)),
+        );
         if b.state == State::Ended {
             for r in all {
                 rooms.remove_if(&**r, |_, id| *id == b.id);
             }
         } else {
             for r in all {
-                let linked = rooms.get(&**r).is_some_and(|id| *id == b.id);
-                if !linked {
-                    rooms.insert(r.clone(), b.id.clone());
-                }
+                rooms.insert(r.clone(), b.id.clone());
             }
         }
     }

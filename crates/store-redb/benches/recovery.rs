@@ -151,6 +151,9 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         recovery(n).await;
+        if std::env::args().any(|a| a == "--recovery-only") {
+            return;
+        }
         let (battles, concurrency) = if smoke { (2_000, 64) } else { (100_000, 256) };
         let memory = Engine::builder()
             .replay_capacity(100_000)

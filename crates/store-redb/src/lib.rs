@@ -327,11 +327,39 @@ fn apply(
 fn load_all(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
     let e = |x: &dyn std::fmt::Display| err(path, x);
     let txn = db.begin_read().map_err(|x| e(&x))?;
-    let battles_t = txn.open_table(BATTLES).map_err(|x| e(&x))?;
-    let mut battles = Vec::with_capacity(battles_t.len().map_err(|x| e(&x))? as usize);
-    for row in battles_t.iter().map_err(|x| e(&x))? {
-        let (k, v) = row.map_err(|x| e(&x))?;
-        battles.push(decode_battle(path, k.value(), v.value())?);
+    // Decoding dominates loading: split it over the CPUs, each decoding every k-th record.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let decoded: Vec<Result<Vec<Battle>, StoreError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|k| {
+                let txn = &txn;
+                scope.spawn(move || -> Result<Vec<Battle>, StoreError> {
+                    let table = txn.open_table(BATTLES).map_err(|x| e(&x))?;
+                    let mut out = Vec::new();
+                    for (i, row) in table.iter().map_err(|x| e(&x))?.enumerate() {
+                        if i % threads != k {
+                            continue;
+                        }
+                        let (key, value) = row.map_err(|x| e(&x))?;
+                        out.push(decode_battle(path, key.value(), value.value())?);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(err(path, "a decoding thread panicked")))
+            })
+            .collect()
+    });
+    let mut battles = Vec::new();
+    for part in decoded {
+        battles.extend(part?);
     }
     let mut evicted = Vec::new();
     for row in txn
