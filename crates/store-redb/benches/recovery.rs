@@ -77,13 +77,16 @@ async fn recovery(n: usize) {
                 .unwrap_or(0)
         );
     }
-    let rss0 = rss_bytes();
     let t = Instant::now();
     let store = RedbStore::open(dir.path()).expect("reopen");
     let loaded = store.load().await.expect("load");
     let load_s = t.elapsed().as_secs_f64();
     drop(loaded);
+    drop(store);
+    let rss0 = rss_bytes();
+    // What a restart does: open the data dir, load, rebuild every battle and timer.
     let t = Instant::now();
+    let store = RedbStore::open(dir.path()).expect("reopen");
     let engine = Engine::builder()
         .store(store)
         .clock(TokioClock::system())
