@@ -107,6 +107,7 @@ pub struct EngineBuilder {
     channel_capacity: usize,
     replay_capacity: usize,
     queue_capacity: usize,
+    observers: Vec<Arc<dyn Observer>>,
 }
 
 impl Default for EngineBuilder {
@@ -119,6 +120,7 @@ impl Default for EngineBuilder {
             channel_capacity: 1024,
             replay_capacity: 0,
             queue_capacity: 4096,
+            observers: Vec::new(),
         }
     }
 }
@@ -152,6 +154,13 @@ impl EngineBuilder {
     /// How many recent notifications are kept for resuming subscriptions (default 0: off).
     pub fn replay_capacity(mut self, n: usize) -> Self {
         self.replay_capacity = n;
+        self
+    }
+
+    /// Registers an observer before the engine starts, so it also hears what recovery does
+    /// (deadlines that passed while the process was down fire at once, with `late_ms`).
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observers.push(Arc::new(observer));
         self
     }
 
@@ -205,10 +214,18 @@ impl EngineBuilder {
             }));
             senders.push(tx);
         }
+        let mut shards = Vec::with_capacity(n);
         for built in building {
-            let shard = built
-                .await
-                .map_err(|e| EngineError::Invalid(format!("rebuilding a shard failed: {e}")))?;
+            shards.push(
+                built
+                    .await
+                    .map_err(|e| EngineError::Invalid(format!("rebuilding a shard failed: {e}")))?,
+            );
+        }
+        for observer in self.observers {
+            shared.hub.add_observer(observer);
+        }
+        for shard in shards {
             handles.push(tokio::spawn(shard.run()));
         }
         if stored > 0 {

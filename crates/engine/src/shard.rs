@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::task::Poll;
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
@@ -76,6 +77,17 @@ pub(crate) struct Shard {
     replies: Vec<Reply>,
     /// After a failed store write: when to try the pending changes again.
     retry_at: Option<tokio::time::Instant>,
+    /// The batch being written.
+    writing: Option<Writing>,
+}
+
+/// A batch whose store write is in progress.
+struct Writing {
+    write: crate::store::BoxFuture<'static, Result<(), crate::store::StoreError>>,
+    notes: Vec<Notification>,
+    replies: Vec<Reply>,
+    /// The batch's ops, to put back if the write fails.
+    retry: Vec<StoreOp>,
 }
 
 impl Shard {
@@ -97,6 +109,7 @@ impl Shard {
             notes: Vec::new(),
             replies: Vec::new(),
             retry_at: None,
+            writing: None,
         };
         let mut evicted = evicted;
         evicted.sort_by_key(|(_, at)| *at);
@@ -131,16 +144,20 @@ impl Shard {
         self.queue.insert(t.at_ms, (id.clone(), t));
     }
 
+    /// The shard loop. Commands and timers are applied as they come, into the next batch; at
+    /// most one batch is being written to the store at a time, and a batch's notifications and
+    /// replies go out when its write is durable. So a slow write (an fsync stall) delays
+    /// acknowledgements, never the timers: they fire on time and join the next batch.
     pub(crate) async fn run(mut self) {
         let mut buf = Vec::with_capacity(256);
+        let mut closing: Option<oneshot::Sender<()>> = None;
         loop {
             tokio::select! {
                 biased;
-                n = self.rx.recv_many(&mut buf, 256) => {
+                n = self.rx.recv_many(&mut buf, 256), if closing.is_none() => {
                     if n == 0 {
                         break;
                     }
-                    let mut shutdown = None;
                     self.forget_expired();
                     for cmd in buf.drain(..) {
                         match cmd {
@@ -151,28 +168,40 @@ impl Shard {
                                     .collect();
                                 self.replies.push((reply, results));
                             }
-                            Command::Shutdown { reply } => shutdown = Some(reply),
+                            Command::Shutdown { reply } => closing = Some(reply),
                         }
                     }
                     self.fire_due();
-                    self.flush().await;
-                    if let Some(reply) = shutdown {
-                        let _ = reply.send(());
-                        break;
-                    }
                 }
                 () = std::future::poll_fn(|cx| {
                     let clock = self.shared.clock.clone();
                     self.queue.poll_due(cx, &*clock)
-                }) => {
+                }), if closing.is_none() => {
                     self.fire_due();
-                    self.flush().await;
                 }
-                () = sleep_until_some(self.retry_at) => {
-                    self.flush().await;
+                stored = std::future::poll_fn(|cx| match &mut self.writing {
+                    Some(w) => w.write.as_mut().poll(cx),
+                    None => Poll::Pending,
+                }) => {
+                    self.written(stored);
+                }
+                () = sleep_until_some(self.retry_at), if self.writing.is_none() => {
+                    self.retry_at = None;
                 }
             }
+            self.submit();
+            if closing.is_some() && self.writing.is_none() && self.is_idle() {
+                if let Some(reply) = closing.take() {
+                    let _ = reply.send(());
+                }
+                break;
+            }
         }
+    }
+
+    /// Nothing applied and not yet written or answered.
+    fn is_idle(&self) -> bool {
+        self.ops.is_empty() && self.notes.is_empty() && self.replies.is_empty()
     }
 
     /// Fires every timer already due, earliest first (so one wake-up is one batch).
@@ -444,21 +473,25 @@ impl Shard {
         }
     }
 
-    /// Ends a batch: store first, then notifications, then replies. If the store fails, the
-    /// callers hear of it (they are not acknowledged), observers hear nothing, and the changes
-    /// are retried with the next batch.
-    async fn flush(&mut self) {
+    /// Starts writing the next batch when no write is in progress (or, without a persistent
+    /// store, delivers and answers it at once).
+    fn submit(&mut self) {
+        if self.writing.is_some() || self.retry_at.is_some() {
+            return;
+        }
         let shared = self.shared.clone();
         let hub = &shared.hub;
         if !shared.store.is_persistent() {
             if !self.notes.is_empty() {
                 hub.publish(std::mem::take(&mut self.notes));
             }
-            self.reply(&Ok(()));
+            let replies = std::mem::take(&mut self.replies);
+            answer(replies, &Ok(()));
             return;
         }
         if self.ops.is_empty() && self.notes.is_empty() {
-            self.reply(&Ok(()));
+            let replies = std::mem::take(&mut self.replies);
+            answer(replies, &Ok(()));
             return;
         }
         // Number, store, deliver: shards store concurrently (so the store can commit their
@@ -477,44 +510,99 @@ impl Shard {
                 keep_from_seq,
             }));
         }
-        let stored = shared.store.write(ops).await;
+        let store = shared.store.clone();
+        self.writing = Some(Writing {
+            write: Box::pin(async move { store.write(ops).await }),
+            notes,
+            replies: std::mem::take(&mut self.replies),
+            retry,
+        });
+    }
+
+    /// The batch being written is durable (or failed): deliver and answer it, or put its
+    /// changes back in front of the next batch and answer with the error.
+    fn written(&mut self, stored: Result<(), crate::store::StoreError>) {
+        let Some(done) = self.writing.take() else {
+            return;
+        };
+        let shared = self.shared.clone();
         shared
             .store_healthy
             .store(stored.is_ok(), std::sync::atomic::Ordering::Relaxed);
-        self.retry_at = None;
         match &stored {
-            Ok(()) => hub.deliver(notes),
+            Ok(()) => shared.hub.deliver(done.notes),
             Err(e) => {
                 tracing::error!(error = %e, "store write failed; the batch is not acknowledged and will be retried");
-                for op in retry {
-                    if let StoreOp::Put { battle, .. } = &op {
-                        self.op_index.insert(battle.id.clone(), self.ops.len());
-                    }
-                    self.ops.push(op);
-                }
-                hub.skip(notes.iter().map(|n| n.seq));
+                shared.hub.skip(done.notes.iter().map(|n| n.seq));
+                self.requeue(done.retry);
+                let mut notes = done.notes;
+                notes.append(&mut self.notes);
                 self.notes = notes;
                 self.retry_at =
                     Some(tokio::time::Instant::now() + std::time::Duration::from_millis(100));
             }
         }
-        self.reply(&stored);
+        answer(done.replies, &stored);
     }
 
-    fn reply(&mut self, stored: &Result<(), crate::store::StoreError>) {
-        for (reply, results) in self.replies.drain(..) {
-            let results = match stored {
-                Ok(()) => results,
-                Err(e) => results
-                    .into_iter()
-                    .map(|r| r.and(Err(EngineError::Store(e.clone()))))
-                    .collect(),
-            };
-            let _ = reply.send(results);
+    /// Puts a failed batch's ops back before the ones gathered since. A newer `Put` of the same
+    /// battle keeps its (newer) record but takes the failed one's expected version: that is
+    /// what the store still holds.
+    fn requeue(&mut self, failed: Vec<StoreOp>) {
+        let newer = std::mem::take(&mut self.ops);
+        self.op_index.clear();
+        let mut expected: HashMap<Arc<str>, Option<u64>> = HashMap::new();
+        for op in failed {
+            if let StoreOp::Put {
+                battle,
+                expected_version,
+            } = &op
+            {
+                let superseded = newer
+                    .iter()
+                    .any(|n| matches!(n, StoreOp::Put { battle: b, .. } if b.id == battle.id));
+                if superseded {
+                    expected.insert(battle.id.clone(), *expected_version);
+                    continue;
+                }
+            }
+            self.push_op(op);
         }
+        for mut op in newer {
+            if let StoreOp::Put {
+                battle,
+                expected_version,
+            } = &mut op
+            {
+                if let Some(e) = expected.get(&battle.id) {
+                    *expected_version = *e;
+                }
+            }
+            self.push_op(op);
+        }
+    }
+
+    fn push_op(&mut self, op: StoreOp) {
+        if let StoreOp::Put { battle, .. } = &op {
+            self.op_index.insert(battle.id.clone(), self.ops.len());
+        }
+        self.ops.push(op);
     }
 }
 
+/// Answers the callers of a batch.
+fn answer(replies: Vec<Reply>, stored: &Result<(), crate::store::StoreError>) {
+    for (reply, results) in replies {
+        let results = match stored {
+            Ok(()) => results,
+            Err(e) => results
+                .into_iter()
+                .map(|r| r.and(Err(EngineError::Store(e.clone()))))
+                .collect(),
+        };
+        let _ = reply.send(results);
+    }
+}
 /// Waits until `at`, or forever when there is nothing to wait for.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {

@@ -121,13 +121,14 @@ async fn a_restart_rebuilds_battles_and_fires_overdue_timers_once_marked_late() 
 
     // Down for 70 s: "soon" (ends at T0+60 s) is overdue.
     tokio::time::sleep(std::time::Duration::from_secs(70)).await;
+    let rec = Recorder::default();
     let e2 = builder()
         .clock(clock)
         .store(store.clone())
+        .observer(rec.observer())
         .start()
         .await
         .unwrap();
-    let rec = Recorder::attach(&e2);
     settle().await;
     let soon = e2.battle("soon").unwrap();
     assert_eq!(soon.state, State::Ended);
@@ -268,4 +269,70 @@ async fn the_memory_store_honours_the_store_contract() {
         std::sync::Arc::new(store)
     })
     .await;
+}
+
+/// A store whose every write takes `delay` (an fsync stall).
+#[derive(Clone, Default)]
+struct Slow {
+    inner: MemoryStore,
+    delay_ms: u64,
+}
+
+impl Store for Slow {
+    fn load(
+        &self,
+    ) -> livebattle_engine::store::BoxFuture<'_, Result<livebattle_engine::Loaded, StoreError>>
+    {
+        self.inner.load()
+    }
+    fn write(
+        &self,
+        ops: Vec<StoreOp>,
+    ) -> livebattle_engine::store::BoxFuture<'_, Result<(), StoreError>> {
+        let delay = std::time::Duration::from_millis(self.delay_ms);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            self.inner.write(ops).await
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_store_write_delays_acknowledgements_not_timers() {
+    let rec = Recorder::default();
+    let store = Slow {
+        delay_ms: 700,
+        ..Slow::default()
+    };
+    let e = builder()
+        .shards(1)
+        .store(store.clone())
+        .observer(rec.observer())
+        .start()
+        .await
+        .unwrap();
+    e.apply(create("b", false, T0)).await.unwrap();
+    // A write starts at 59.7 s and stalls until 60.4 s, across the battle's deadline.
+    at(&e, 59_000).await;
+    let busy = e.clone();
+    let mut other = create("other", false, T0 + 59_700);
+    if let livebattle_engine::Event::Created(c) = &mut other {
+        c.from_room = Some("x".into());
+        c.to_rooms = vec!["y".into()];
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let pending = tokio::spawn(async move { busy.apply(other).await });
+    at(&e, 60_000).await;
+    // The timer fired on time, although its notification waits for the store.
+    assert_eq!(e.battle("b").unwrap().state, State::Ended);
+    at(&e, 61_500).await;
+    pending.await.unwrap().unwrap();
+    let ended = rec
+        .for_battle("b")
+        .into_iter()
+        .find(|n| n.to == Target::State(State::Ended))
+        .expect("the end was delivered once stored");
+    assert_eq!(ended.battle.server_time_ms, T0 + 60_000);
+    assert_eq!(ended.late_ms, Some(0));
+    assert_eq!(ended.battle.ended_at_ms, Some(T0 + 60_000));
 }

@@ -175,6 +175,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let engine = start_engine(&config).await.map_err(ServeError::Engine)?;
+    serve_engine(engine, config, listener, shutdown).await
+}
+
+/// [`serve`] with an engine already started by [`start_engine`] (the binary starts it first, so
+/// that it announces its address only once recovery is done and it can serve).
+pub async fn serve_engine(
+    engine: Engine,
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let state = match AppState::new(engine.clone(), &config) {
         Ok(state) => state,
         Err(e) => {

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
-use livebattle_server::{init_logging, serve, shutdown_signal, Cli, Config};
+use livebattle_server::{init_logging, serve_engine, shutdown_signal, start_engine, Cli, Config};
 
 fn main() -> ExitCode {
     let config = match Config::load(Cli::parse()) {
@@ -37,11 +37,20 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let addr = listener.local_addr().unwrap_or(config.listen);
-    // The one line on stdout: scripts and tests read the port from it.
+    // Recovery first (with a data dir: load every battle and re-arm its timer).
+    let engine = match start_engine(&config).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::error!(error = %e, "the engine did not start");
+            eprintln!("livebattle: the engine did not start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The one line on stdout, once it serves: scripts and tests read the port from it.
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "listening");
-    match serve(config, listener, shutdown_signal()).await {
+    match serve_engine(engine, config, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "stopped");

@@ -97,6 +97,11 @@ impl Recorder {
         engine.observe(move |n: &Notification| inner.lock().unwrap().push(n.clone()));
         r
     }
+    /// A recorder to hand to `EngineBuilder::observer` (hears recovery too).
+    pub fn observer(&self) -> impl Fn(&Notification) + Send + Sync + 'static {
+        let inner = self.0.clone();
+        move |n: &Notification| inner.lock().unwrap().push(n.clone())
+    }
     pub fn take(&self) -> Vec<Notification> {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
