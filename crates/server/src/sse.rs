@@ -21,7 +21,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use livebattle_engine::{BattleSnapshot, Delivery, Engine, Filter, Notification, Subscription};
+use livebattle_engine::{
+    BattleSnapshot, Delivery, Engine, Filter, Notification, State as BattleState, Subscription,
+};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -57,12 +59,19 @@ pub async fn room_events(
     Ok(open(&state, Filter::Room(room_id), &headers))
 }
 
+/// The most battles one `snapshot` event carries: live ones first (pending, awaiting response,
+/// running), then ended ones. Past it the snapshot says `truncated` and clients page through
+/// `GET /v1/battles`; a snapshot of a million battles would be hundreds of megabytes.
+pub const SNAPSHOT_LIMIT: usize = 10_000;
+
 /// Data of a `snapshot` event.
 #[derive(Debug, Serialize)]
 struct Snapshot {
     battles: Vec<BattleSnapshot>,
     seq: u64,
     reason: &'static str,
+    /// More battles matched than [`SNAPSHOT_LIMIT`].
+    truncated: bool,
 }
 
 /// What a stream sends next.
@@ -217,15 +226,37 @@ async fn next(mut feed: Feed) -> Option<(Result<Event, Infallible>, Feed)> {
 /// change up to it.
 fn snapshot(engine: &Engine, filter: &Filter, reason: &'static str) -> Snapshot {
     let seq = engine.last_seq();
-    let battles = match filter {
-        Filter::All => engine.battles(None, None, None, usize::MAX),
-        Filter::Battle(id) => engine.battle(id).into_iter().collect(),
-        Filter::Room(room) => engine.battles(None, Some(room), None, usize::MAX),
-    };
+    let mut battles = Vec::new();
+    let mut truncated = false;
+    match filter {
+        Filter::Battle(id) => battles.extend(engine.battle(id)),
+        Filter::All | Filter::Room(_) => {
+            let room = match filter {
+                Filter::Room(room) => Some(room.as_str()),
+                _ => None,
+            };
+            // Live battles first: they are what a countdown shows.
+            for state in [
+                BattleState::Running,
+                BattleState::AwaitingResponse,
+                BattleState::Pending,
+                BattleState::Ended,
+            ] {
+                let room_left = SNAPSHOT_LIMIT + 1 - battles.len();
+                battles.extend(engine.battles(Some(state), room, None, room_left));
+                if battles.len() > SNAPSHOT_LIMIT {
+                    battles.truncate(SNAPSHOT_LIMIT);
+                    truncated = true;
+                    break;
+                }
+            }
+        }
+    }
     Snapshot {
         battles,
         seq,
         reason,
+        truncated,
     }
 }
 
@@ -263,6 +294,33 @@ mod tests {
     async fn quiet(feed: &mut Feed) {
         let next = tokio::time::timeout(Duration::from_millis(100), feed.next_item()).await;
         assert!(next.is_err(), "expected nothing, got {next:?}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_bounded_and_lists_live_battles_first() {
+        let engine = Engine::builder().start().await.unwrap();
+        let ended = (0..5).map(|i| {
+            EngineEvent::Ended(livebattle_engine::Ended {
+                battle_id: format!("a-ended-{i}"),
+                op_type: Some(1),
+                ..Default::default()
+            })
+        });
+        let live = (0..SNAPSHOT_LIMIT).map(|i| created(&format!("live-{i:05}")));
+        for r in engine.apply_batch(ended.chain(live).collect()).await {
+            r.unwrap();
+        }
+        let s = snapshot(&engine, &Filter::All, "initial");
+        assert!(s.truncated);
+        assert_eq!(s.battles.len(), SNAPSHOT_LIMIT);
+        assert!(
+            s.battles.iter().all(|b| b.state == BattleState::Running),
+            "the live battles fill the snapshot before ended ones"
+        );
+        let small = snapshot(&engine, &Filter::Room("live-00001-a".into()), "initial");
+        assert!(!small.truncated);
+        assert_eq!(small.battles.len(), 1);
+        engine.shutdown().await;
     }
 
     #[tokio::test]
