@@ -60,7 +60,7 @@ pub struct Cli {
     pub listen: Option<SocketAddr>,
 
     /// Tencent SDKAppID to accept callbacks for; repeat the flag (or comma-separate the
-    /// variable) for several apps. Replaces the file's [[apps]] list; an app listed in the file
+    /// variable) for several apps. Replaces the file's `[[apps]]` list; an app listed in the file
     /// keeps the token the file gives it. Required, here or in the file.
     #[arg(
         long = "sdk-app-id",
