@@ -159,6 +159,100 @@ pub struct Timer {
     pub generation: u32,
 }
 
+/// An optional Unix-ms instant in 8 bytes instead of `Option<i64>`'s 16: `i64::MIN` means none
+/// (a `Some(i64::MIN)` is stored as `i64::MIN + 1`, a date no clock produces). Serialized, and
+/// compared with `Option<i64>` by [`OptMs::get`], exactly like an `Option<i64>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "Option<i64>", into = "Option<i64>")]
+pub struct OptMs(i64);
+
+impl OptMs {
+    /// None.
+    pub const NONE: OptMs = OptMs(i64::MIN);
+
+    /// The instant, if any.
+    #[inline]
+    pub fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+
+    /// Whether there is no instant.
+    #[inline]
+    pub fn is_none(self) -> bool {
+        self.0 == i64::MIN
+    }
+}
+
+impl From<Option<i64>> for OptMs {
+    #[inline]
+    fn from(v: Option<i64>) -> OptMs {
+        match v {
+            Some(t) => OptMs(t.max(i64::MIN + 1)),
+            None => OptMs::NONE,
+        }
+    }
+}
+
+impl From<OptMs> for Option<i64> {
+    #[inline]
+    fn from(v: OptMs) -> Option<i64> {
+        v.get()
+    }
+}
+
+impl std::fmt::Debug for OptMs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// An optional millisecond duration in 4 bytes instead of `Option<u64>`'s 16: `u32::MAX` means
+/// none, and longer durations (over 49 days) are stored as `u32::MAX - 1` ms.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "Option<u32>", into = "Option<u32>")]
+pub struct OptDur(u32);
+
+impl OptDur {
+    /// None.
+    pub const NONE: OptDur = OptDur(u32::MAX);
+
+    /// The duration in ms, if any.
+    #[inline]
+    pub fn get(self) -> Option<u64> {
+        (self.0 != u32::MAX).then_some(u64::from(self.0))
+    }
+}
+
+impl From<Option<u64>> for OptDur {
+    #[inline]
+    fn from(v: Option<u64>) -> OptDur {
+        match v {
+            Some(d) => OptDur(u32::try_from(d).unwrap_or(u32::MAX - 1).min(u32::MAX - 1)),
+            None => OptDur::NONE,
+        }
+    }
+}
+
+impl From<Option<u32>> for OptDur {
+    #[inline]
+    fn from(v: Option<u32>) -> OptDur {
+        OptDur::from(v.map(u64::from))
+    }
+}
+
+impl From<OptDur> for Option<u32> {
+    #[inline]
+    fn from(v: OptDur) -> Option<u32> {
+        (v.0 != u32::MAX).then_some(v.0)
+    }
+}
+
+impl std::fmt::Debug for OptDur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// Bits of `Battle::seen`: which Tencent battle callbacks were applied (the dedupe memory).
 pub(crate) mod seen {
     pub const CREATE: u8 = 1;
@@ -179,28 +273,31 @@ pub struct Battle {
     pub seen: u8,
     /// The caller's room.
     pub from_room: Option<Arc<str>>,
-    /// The invited callees (from Create).
-    pub to_rooms: Vec<Arc<str>>,
-    /// `Operator_Account`.
-    pub operator: Option<Box<str>>,
+    /// The invited callees (from Create), with no spare capacity.
+    pub to_rooms: Box<[Arc<str>]>,
+    /// `Operator_Account` then `ExtensionInfo`, in one allocation (see [`Battle::operator`],
+    /// [`Battle::extension_info`], [`Battle::set_texts`]).
+    texts: Box<str>,
+    /// Length of the operator in `texts`; `u32::MAX` when there is none.
+    operator_len: u32,
+    /// Whether `ExtensionInfo` is known (it is the rest of `texts`).
+    has_extension_info: bool,
     /// `NeedResponse`.
     pub need_response: Option<bool>,
     /// `Timeout` (ms).
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: OptDur,
     /// `Duration` (ms).
-    pub duration_ms: Option<u64>,
-    /// `ExtensionInfo`.
-    pub extension_info: Option<Box<str>>,
+    pub duration_ms: OptDur,
     /// When Tencent created it (Unix ms).
-    pub created_at_ms: Option<i64>,
+    pub created_at_ms: OptMs,
     /// When the response window closes (Unix ms), for `NeedResponse=true`.
-    pub response_deadline_ms: Option<i64>,
+    pub response_deadline_ms: OptMs,
     /// When it started (Unix ms).
-    pub started_at_ms: Option<i64>,
+    pub started_at_ms: OptMs,
     /// When it is due to end (Unix ms): `started_at_ms + duration_ms`.
-    pub ends_at_ms: Option<i64>,
+    pub ends_at_ms: OptMs,
     /// When it ended (Unix ms).
-    pub ended_at_ms: Option<i64>,
+    pub ended_at_ms: OptMs,
     /// Why it ended.
     pub end_reason: Option<EndReason>,
     /// Tencent's raw `OpType`, once the End webhook came.
@@ -212,7 +309,7 @@ pub struct Battle {
     /// Engine time (Unix ms) when the engine first heard of the battle.
     pub known_since_ms: i64,
     /// Engine time (Unix ms) when the battle entered `ended` (retention counts from here).
-    pub closed_at_ms: Option<i64>,
+    pub closed_at_ms: OptMs,
     /// The armed timer.
     pub timer: Option<Timer>,
     /// Timer generation: bumped whenever the armed timer changes.
@@ -240,23 +337,24 @@ impl Battle {
             version: 0,
             seen: 0,
             from_room: None,
-            to_rooms: Vec::new(),
-            operator: None,
+            to_rooms: Box::default(),
+            texts: Box::default(),
+            operator_len: u32::MAX,
+            has_extension_info: false,
             need_response: None,
-            timeout_ms: None,
-            duration_ms: None,
-            extension_info: None,
-            created_at_ms: None,
-            response_deadline_ms: None,
-            started_at_ms: None,
-            ends_at_ms: None,
-            ended_at_ms: None,
+            timeout_ms: OptDur::NONE,
+            duration_ms: OptDur::NONE,
+            created_at_ms: OptMs::NONE,
+            response_deadline_ms: OptMs::NONE,
+            started_at_ms: OptMs::NONE,
+            ends_at_ms: OptMs::NONE,
+            ended_at_ms: OptMs::NONE,
             end_reason: None,
             end_op_type: None,
             participants: Vec::new(),
             start_source: None,
             known_since_ms: now_ms,
-            closed_at_ms: None,
+            closed_at_ms: OptMs::NONE,
             timer: None,
             generation: 0,
         }
@@ -267,9 +365,37 @@ impl Battle {
     pub fn next_deadline_ms(&self) -> Option<i64> {
         match self.state {
             State::Pending | State::Ended => None,
-            State::AwaitingResponse => self.response_deadline_ms,
-            State::Running => self.ends_at_ms,
+            State::AwaitingResponse => self.response_deadline_ms.get(),
+            State::Running => self.ends_at_ms.get(),
         }
+    }
+
+    /// `Operator_Account`.
+    pub fn operator(&self) -> Option<&str> {
+        let n = self.operator_len;
+        (n != u32::MAX).then(|| &self.texts[..n as usize])
+    }
+
+    /// `ExtensionInfo`.
+    pub fn extension_info(&self) -> Option<&str> {
+        let from = match self.operator_len {
+            u32::MAX => 0,
+            n => n as usize,
+        };
+        self.has_extension_info.then(|| &self.texts[from..])
+    }
+
+    /// Sets `Operator_Account` and `ExtensionInfo` (kept in one allocation). An operator longer
+    /// than 4 GiB is cut there.
+    pub fn set_texts(&mut self, operator: Option<&str>, extension_info: Option<&str>) {
+        let op = operator.map(|o| &o[..floor_char_boundary(o, u32::MAX as usize - 1)]);
+        let mut buf =
+            String::with_capacity(op.map_or(0, str::len) + extension_info.map_or(0, str::len));
+        buf.push_str(op.unwrap_or(""));
+        buf.push_str(extension_info.unwrap_or(""));
+        self.texts = buf.into_boxed_str();
+        self.operator_len = op.map_or(u32::MAX, |o| o.len() as u32);
+        self.has_extension_info = extension_info.is_some();
     }
 
     /// Every room this battle involves (caller, invited callees, participants), deduplicated.
@@ -294,7 +420,7 @@ impl Battle {
     pub(crate) fn room_arc(&self, room: &str) -> Arc<str> {
         self.from_room
             .iter()
-            .chain(&self.to_rooms)
+            .chain(self.to_rooms.iter())
             .chain(self.participants.iter().map(|p| &p.room_id))
             .find(|r| &***r == room)
             .cloned()
@@ -312,17 +438,17 @@ impl Battle {
             state: self.state,
             version: self.version,
             from_room: self.from_room.clone(),
-            to_rooms: self.to_rooms.clone(),
-            operator: self.operator.clone(),
+            to_rooms: self.to_rooms.to_vec(),
+            operator: self.operator().map(Into::into),
             need_response: self.need_response,
-            timeout_ms: self.timeout_ms,
-            duration_ms: self.duration_ms,
-            extension_info: self.extension_info.clone(),
-            created_at_ms: self.created_at_ms,
-            response_deadline_ms: self.response_deadline_ms,
-            started_at_ms: self.started_at_ms,
-            ends_at_ms: self.ends_at_ms,
-            ended_at_ms: self.ended_at_ms,
+            timeout_ms: self.timeout_ms.get(),
+            duration_ms: self.duration_ms.get(),
+            extension_info: self.extension_info().map(Into::into),
+            created_at_ms: self.created_at_ms.get(),
+            response_deadline_ms: self.response_deadline_ms.get(),
+            started_at_ms: self.started_at_ms.get(),
+            ends_at_ms: self.ends_at_ms.get(),
+            ended_at_ms: self.ended_at_ms.get(),
             end_reason: self.end_reason,
             end_op_type: self.end_op_type,
             next_deadline_ms: self.next_deadline_ms(),
@@ -340,6 +466,14 @@ impl Battle {
             server_time_ms,
         }
     }
+}
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// One participant in a [`BattleSnapshot`].

@@ -369,7 +369,7 @@ impl Shard {
         let rooms = &self.shared.rooms;
         // Each distinct room once (participants usually repeat the caller and callees).
         let listed = |r: &Arc<str>| b.from_room.as_ref() == Some(r) || b.to_rooms.contains(r);
-        let all = b.from_room.iter().chain(&b.to_rooms).chain(
+        let all = b.from_room.iter().chain(b.to_rooms.iter()).chain(
             b.participants
                 .iter()
                 .map(|p| &p.room_id)
