@@ -3,6 +3,13 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+/// A battle's invited callees: usually one, kept inline.
+pub type Rooms = SmallVec<[Arc<str>; 1]>;
+
+/// A battle's participants: usually two, kept inline.
+pub type Participants = SmallVec<[Participant; 2]>;
 
 /// Lifecycle state. See docs/lifecycle.md for the diagram and every rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -273,8 +280,8 @@ pub struct Battle {
     pub seen: u8,
     /// The caller's room.
     pub from_room: Option<Arc<str>>,
-    /// The invited callees (from Create), with no spare capacity.
-    pub to_rooms: Box<[Arc<str>]>,
+    /// The invited callees (from Create); one is kept inline.
+    pub to_rooms: Rooms,
     /// `Operator_Account` then `ExtensionInfo`, in one allocation (see [`Battle::operator`],
     /// [`Battle::extension_info`], [`Battle::set_texts`]).
     texts: Box<str>,
@@ -302,8 +309,8 @@ pub struct Battle {
     pub end_reason: Option<EndReason>,
     /// Tencent's raw `OpType`, once the End webhook came.
     pub end_op_type: Option<i64>,
-    /// The rooms in the battle.
-    pub participants: Vec<Participant>,
+    /// The rooms in the battle; two are kept inline.
+    pub participants: Participants,
     /// How `started_at_ms` was learned; a better source refines a worse one.
     pub start_source: Option<StartSource>,
     /// Engine time (Unix ms) when the engine first heard of the battle.
@@ -337,7 +344,7 @@ impl Battle {
             version: 0,
             seen: 0,
             from_room: None,
-            to_rooms: Box::default(),
+            to_rooms: Rooms::new(),
             texts: Box::default(),
             operator_len: u32::MAX,
             has_extension_info: false,
@@ -351,7 +358,7 @@ impl Battle {
             ended_at_ms: OptMs::NONE,
             end_reason: None,
             end_op_type: None,
-            participants: Vec::new(),
+            participants: Participants::new(),
             start_source: None,
             known_since_ms: now_ms,
             closed_at_ms: OptMs::NONE,

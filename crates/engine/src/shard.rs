@@ -10,7 +10,7 @@ use std::task::Poll;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::battle::{Battle, State, Timer};
+use crate::battle::{Battle, State, Timer, TimerKind};
 use crate::clock::Clock;
 use crate::engine::{Applied, EngineError, Outcome};
 use crate::event::{Cause, Event};
@@ -62,11 +62,18 @@ type Reply = (
     Vec<Result<Applied, EngineError>>,
 );
 
+/// A queued timer. Its deadline is the queue's bucket key, so an entry is 24 bytes.
+pub(crate) struct TimerEntry {
+    id: Arc<str>,
+    generation: u32,
+    kind: TimerKind,
+}
+
 pub(crate) struct Shard {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
-    queue: TimerQueue<(Arc<str>, Timer)>,
-    due: Vec<(i64, (Arc<str>, Timer))>,
+    queue: TimerQueue<TimerEntry>,
+    due: Vec<(i64, TimerEntry)>,
     /// Evicted ids still inside the dedupe horizon, and when each may be forgotten.
     evicted: HashMap<Arc<str>, i64>,
     evicted_order: VecDeque<(i64, Arc<str>)>,
@@ -141,7 +148,14 @@ impl Shard {
     }
 
     fn insert_timer(&mut self, id: &Arc<str>, t: Timer) {
-        self.queue.insert(t.at_ms, (id.clone(), t));
+        self.queue.insert(
+            t.at_ms,
+            TimerEntry {
+                id: id.clone(),
+                generation: t.generation,
+                kind: t.kind,
+            },
+        );
     }
 
     /// The shard loop. Commands and timers are applied as they come, into the next batch; at
@@ -208,8 +222,13 @@ impl Shard {
     fn fire_due(&mut self) {
         let mut due = std::mem::take(&mut self.due);
         self.queue.take_due(self.now(), &mut due);
-        for (_, entry) in due.drain(..) {
-            self.on_timer(entry);
+        for (at_ms, entry) in due.drain(..) {
+            let timer = Timer {
+                kind: entry.kind,
+                at_ms,
+                generation: entry.generation,
+            };
+            self.on_timer(entry.id, timer);
         }
         self.due = due;
         self.forget_expired();
@@ -310,7 +329,14 @@ impl Shard {
         if fx.dirty && self.shared.store.is_persistent() {
             self.put(b, before_version);
         }
-        if fx.rooms_changed || before != Some(b.state) {
+        // The index follows the rooms of live battles: it changes when a battle comes to life or
+        // ends, when its membership changes, and with Create (which names the invited rooms).
+        // A move between live states (a re-arm) leaves it alone.
+        let ended = b.state == State::Ended;
+        if fx.rooms_changed
+            || before.map(|s| s == State::Ended) != Some(ended)
+            || cause == Cause::CreateWebhook
+        {
             self.index_rooms(b);
         }
         if fx.change.notifies() {
@@ -386,7 +412,7 @@ impl Shard {
         }
     }
 
-    fn on_timer(&mut self, (id, timer): (Arc<str>, Timer)) {
+    fn on_timer(&mut self, id: Arc<str>, timer: Timer) {
         let now = self.now();
         let shared = self.shared.clone();
         let Some(mut slot) = shared.battles.get_mut(&id) else {
@@ -434,9 +460,7 @@ impl Shard {
         self.shared
             .metrics
             .state_moved(Some(slot.battle.state), None);
-        for r in slot.battle.rooms() {
-            self.shared.rooms.remove_if(r, |_, b| b == id);
-        }
+        // Its rooms left the room index when it ended (an ended battle is never indexed).
         self.shared.hub.forget_battle(id);
         let forget_at = now.saturating_add(self.shared.rules.dedupe_horizon_ms as i64);
         self.evicted.insert(id.clone(), forget_at);

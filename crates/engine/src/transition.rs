@@ -5,7 +5,8 @@
 //! timer the battle now wants, publishes the notification, writes the store, evicts.
 
 use crate::battle::{
-    seen, Battle, EndReason, Participant, Response, StartSource, State, Timer, TimerKind,
+    seen, Battle, EndReason, Participant, Participants, Response, StartSource, State, Timer,
+    TimerKind,
 };
 use crate::event::{Created, Ended, Event, RoomInfo, Started};
 
@@ -657,7 +658,7 @@ fn replace_members(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> 
     } else {
         // Rebuild in the callback's order, keeping what was known of each room.
         let old = std::mem::take(&mut b.participants);
-        let mut rebuilt: Vec<Participant> = Vec::with_capacity(listed().count());
+        let mut rebuilt = Participants::with_capacity(listed().count());
         for info in listed() {
             if rebuilt.iter().any(|p| *p.room_id == *info.room_id) {
                 continue;
