@@ -14,7 +14,7 @@ use crate::battle::{Battle, State, Timer, TimerKind};
 use crate::clock::Clock;
 use crate::engine::{Applied, EngineError, Outcome};
 use crate::event::{Cause, Event};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsDelta};
 use crate::notify::{Hub, Notification, Target};
 use crate::store::{Store, StoreOp};
 use crate::timers::TimerQueue;
@@ -86,6 +86,8 @@ pub(crate) struct Shard {
     retry_at: Option<tokio::time::Instant>,
     /// The batch being written.
     writing: Option<Writing>,
+    /// Metrics counted since the last flush (once per wake-up, before answering).
+    delta: MetricsDelta,
 }
 
 /// A batch whose store write is in progress.
@@ -117,6 +119,7 @@ impl Shard {
             replies: Vec::new(),
             retry_at: None,
             writing: None,
+            delta: MetricsDelta::default(),
         };
         let mut evicted = evicted;
         evicted.sort_by_key(|(_, at)| *at);
@@ -127,6 +130,7 @@ impl Shard {
         for b in battles {
             shard.restore(b);
         }
+        shard.delta.flush(&shard.shared.metrics);
         shard
     }
 
@@ -134,7 +138,7 @@ impl Shard {
     /// that passed while the process was down fires at once and is reported late.
     fn restore(&mut self, b: Battle) {
         let id = b.id.clone();
-        self.shared.metrics.state_moved(None, Some(b.state));
+        self.delta.state_moved(None, Some(b.state));
         self.index_rooms(&b);
         if let Some(t) = b.timer {
             self.insert_timer(&id, t);
@@ -203,6 +207,7 @@ impl Shard {
                     self.retry_at = None;
                 }
             }
+            self.delta.flush(&self.shared.metrics);
             self.submit();
             if closing.is_some() && self.writing.is_none() && self.is_idle() {
                 if let Some(reply) = closing.take() {
@@ -245,7 +250,7 @@ impl Shard {
             (None, None) => return Err(EngineError::Invalid("no battle".into())),
         };
         if self.evicted.contains_key(id) {
-            self.shared.metrics.event(true);
+            self.delta.event(true);
             return Ok(Applied::unchanged(Outcome::Evicted, Some(State::Ended), 0));
         }
         let now = self.now();
@@ -258,9 +263,7 @@ impl Shard {
         let before_timer = existing.as_ref().and_then(|b| b.timer);
         let before_version = existing.as_ref().map(|b| b.version);
         let (new, fx) = apply_event(existing, &event, now, rules).map_err(EngineError::Refused)?;
-        self.shared
-            .metrics
-            .event(matches!(fx.change, Change::Duplicate));
+        self.delta.event(matches!(fx.change, Change::Duplicate));
         match new {
             Some(b) => {
                 drop(slot);
@@ -269,7 +272,7 @@ impl Shard {
                 }
                 let key = b.id.clone();
                 if let Some(t) = b.timer {
-                    self.shared.metrics.timer_armed(false);
+                    self.delta.timer_armed(false);
                     self.insert_timer(&key, t);
                 }
                 let applied = self.after_change(&b, fx, cause, None, None);
@@ -303,10 +306,10 @@ impl Shard {
         }
         match now {
             Some(t) => {
-                self.shared.metrics.timer_armed(before.is_some());
+                self.delta.timer_armed(before.is_some());
                 self.insert_timer(id, t);
             }
-            None => self.shared.metrics.timer_cancelled(),
+            None => self.delta.timer_cancelled(),
         }
     }
 
@@ -340,9 +343,9 @@ impl Shard {
             self.index_rooms(b);
         }
         if fx.change.notifies() {
-            self.shared.metrics.change(cause);
+            self.delta.change(cause);
             if before != Some(b.state) {
-                self.shared.metrics.state_moved(before, Some(b.state));
+                self.delta.state_moved(before, Some(b.state));
             }
             let to = if before == Some(b.state) {
                 Target::Update
@@ -429,12 +432,12 @@ impl Shard {
         match fx.change {
             Change::Evict => {
                 drop(slot);
-                self.shared.metrics.timer_fired(late);
+                self.delta.timer_fired(late);
                 self.evict(&id, now);
             }
             Change::None => {}
             _ => {
-                self.shared.metrics.timer_fired(late);
+                self.delta.timer_fired(late);
                 let cause = match timer.kind {
                     crate::battle::TimerKind::PendingExpiry => Cause::PendingTimer,
                     crate::battle::TimerKind::ResponseDeadline => Cause::ResponseTimer,
@@ -456,10 +459,8 @@ impl Shard {
         let Some((_, slot)) = self.shared.battles.remove(id) else {
             return;
         };
-        self.shared.metrics.evicted();
-        self.shared
-            .metrics
-            .state_moved(Some(slot.battle.state), None);
+        self.delta.evicted();
+        self.delta.state_moved(Some(slot.battle.state), None);
         // Its rooms left the room index when it ended (an ended battle is never indexed).
         self.shared.hub.forget_battle(id);
         let forget_at = now.saturating_add(self.shared.rules.dedupe_horizon_ms as i64);
