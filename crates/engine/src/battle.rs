@@ -118,10 +118,12 @@ pub enum Response {
 pub struct Participant {
     /// The room.
     pub room_id: Arc<str>,
-    /// Its owner (`Owner_Account`), exactly as Tencent sent it.
-    pub owner_account: Option<Box<str>>,
     /// Current score (final once the End webhook came).
     pub score: i64,
+    /// Where its owner (`Owner_Account`) is in the battle's text arena ([`Battle::owner_of`]).
+    owner_at: u32,
+    /// The owner's length; `u16::MAX` when unknown.
+    owner_len: u16,
     /// A callee's answer, when known.
     pub response: Option<Response>,
     /// The room left or was destroyed.
@@ -132,8 +134,9 @@ impl Participant {
     pub(crate) fn new(room_id: Arc<str>) -> Participant {
         Participant {
             room_id,
-            owner_account: None,
             score: 0,
+            owner_at: 0,
+            owner_len: u16::MAX,
             response: None,
             left: false,
         }
@@ -282,13 +285,13 @@ pub struct Battle {
     pub from_room: Option<Arc<str>>,
     /// The invited callees (from Create); one is kept inline.
     pub to_rooms: Rooms,
-    /// `Operator_Account` then `ExtensionInfo`, in one allocation (see [`Battle::operator`],
-    /// [`Battle::extension_info`], [`Battle::set_texts`]).
+    /// `Operator_Account`, `ExtensionInfo` and the participants' owners, in one allocation (see
+    /// [`Battle::operator`], [`Battle::extension_info`], [`Battle::owner_of`]).
     texts: Box<str>,
-    /// Length of the operator in `texts`; `u32::MAX` when there is none.
+    /// Length of the operator at the start of `texts`; `u32::MAX` when there is none.
     operator_len: u32,
-    /// Whether `ExtensionInfo` is known (it is the rest of `texts`).
-    has_extension_info: bool,
+    /// Length of `ExtensionInfo`, right after the operator; `u32::MAX` when there is none.
+    extension_len: u32,
     /// `NeedResponse`.
     pub need_response: Option<bool>,
     /// `Timeout` (ms).
@@ -347,7 +350,7 @@ impl Battle {
             to_rooms: Rooms::new(),
             texts: Box::default(),
             operator_len: u32::MAX,
-            has_extension_info: false,
+            extension_len: u32::MAX,
             need_response: None,
             timeout_ms: OptDur::NONE,
             duration_ms: OptDur::NONE,
@@ -389,20 +392,41 @@ impl Battle {
             u32::MAX => 0,
             n => n as usize,
         };
-        self.has_extension_info.then(|| &self.texts[from..])
+        let n = self.extension_len;
+        (n != u32::MAX).then(|| &self.texts[from..from + n as usize])
     }
 
-    /// Sets `Operator_Account` and `ExtensionInfo` (kept in one allocation). An operator longer
-    /// than 4 GiB is cut there.
+    /// A participant's owner (`Owner_Account`), exactly as Tencent sent it.
+    pub fn owner_of(&self, p: &Participant) -> Option<&str> {
+        let at = p.owner_at as usize;
+        (p.owner_len != u16::MAX).then(|| &self.texts[at..at + p.owner_len as usize])
+    }
+
+    /// Sets `Operator_Account` and `ExtensionInfo` (the owners stay).
     pub fn set_texts(&mut self, operator: Option<&str>, extension_info: Option<&str>) {
-        let op = operator.map(|o| &o[..floor_char_boundary(o, u32::MAX as usize - 1)]);
-        let mut buf =
-            String::with_capacity(op.map_or(0, str::len) + extension_info.map_or(0, str::len));
-        buf.push_str(op.unwrap_or(""));
-        buf.push_str(extension_info.unwrap_or(""));
-        self.texts = buf.into_boxed_str();
-        self.operator_len = op.map_or(u32::MAX, |o| o.len() as u32);
-        self.has_extension_info = extension_info.is_some();
+        let owners = self.participants.iter().map(|p| self.owner_of(p));
+        let texts = Texts::build(operator, extension_info, owners);
+        self.install(texts);
+    }
+
+    /// Sets the owners of the participants at the given indexes (the last one listed for an
+    /// index wins).
+    pub fn set_owners(&mut self, owners: &[(usize, &str)]) {
+        let owner = |i: usize| owners.iter().rev().find(|(j, _)| *j == i).map(|(_, o)| *o);
+        let all = (self.participants.iter().enumerate())
+            .map(|(i, p)| owner(i).or_else(|| self.owner_of(p)));
+        let texts = Texts::build(self.operator(), self.extension_info(), all);
+        self.install(texts);
+    }
+
+    fn install(&mut self, t: Texts) {
+        self.texts = t.buf;
+        self.operator_len = t.operator_len;
+        self.extension_len = t.extension_len;
+        for (p, (at, len)) in self.participants.iter_mut().zip(t.owners) {
+            p.owner_at = at;
+            p.owner_len = len;
+        }
     }
 
     /// Every room this battle involves (caller, invited callees, participants), deduplicated.
@@ -464,13 +488,58 @@ impl Battle {
                 .iter()
                 .map(|p| ParticipantView {
                     room_id: p.room_id.clone(),
-                    owner_account: p.owner_account.clone(),
+                    owner_account: self.owner_of(p).map(Into::into),
                     score: p.score,
                     response: p.response,
                     left: p.left,
                 })
                 .collect(),
             server_time_ms,
+        }
+    }
+}
+
+/// A battle's text arena being rebuilt: operator, extension info, then each participant's owner.
+/// Lengths are capped (4 GiB for the first two, 64 KiB for an owner: an account id is a few
+/// dozen bytes), cut at a char boundary.
+struct Texts {
+    buf: Box<str>,
+    operator_len: u32,
+    extension_len: u32,
+    owners: SmallVec<[(u32, u16); 2]>,
+}
+
+impl Texts {
+    fn build<'a>(
+        operator: Option<&str>,
+        extension_info: Option<&str>,
+        owners: impl Iterator<Item = Option<&'a str>> + Clone,
+    ) -> Texts {
+        let cut = |s: &'a str, max: usize| &s[..floor_char_boundary(s, max)];
+        let owners = owners.map(|o| o.map(|o| cut(o, u16::MAX as usize - 1)));
+        let op = operator.map(|o| &o[..floor_char_boundary(o, u32::MAX as usize - 1)]);
+        let ext = extension_info.map(|e| &e[..floor_char_boundary(e, u32::MAX as usize - 1)]);
+        let len = op.map_or(0, str::len)
+            + ext.map_or(0, str::len)
+            + owners.clone().map(|o| o.map_or(0, str::len)).sum::<usize>();
+        let mut buf = String::with_capacity(len);
+        buf.push_str(op.unwrap_or(""));
+        buf.push_str(ext.unwrap_or(""));
+        let owners = owners
+            .map(|o| match o {
+                Some(o) => {
+                    let at = buf.len() as u32;
+                    buf.push_str(o);
+                    (at, o.len() as u16)
+                }
+                None => (0, u16::MAX),
+            })
+            .collect();
+        Texts {
+            buf: buf.into_boxed_str(),
+            operator_len: op.map_or(u32::MAX, |o| o.len() as u32),
+            extension_len: ext.map_or(u32::MAX, |e| e.len() as u32),
+            owners,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::battle::{
     TimerKind,
 };
 use crate::event::{Created, Ended, Event, RoomInfo, Started};
+use smallvec::SmallVec;
 
 /// The tunable rules. Times are milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,15 +309,6 @@ fn precise(event_ms: Option<i64>, secs: Option<i64>) -> Option<i64> {
         (_, Some(s)) => Some(s.saturating_mul(1000)),
         (Some(ms), None) => Some(ms),
         (None, None) => None,
-    }
-}
-
-fn set_if_none<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
-    if slot.is_none() && value.is_some() {
-        *slot = value;
-        true
-    } else {
-        false
     }
 }
 
@@ -680,30 +672,52 @@ fn replace_members(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> 
         b.participants = rebuilt;
         changed
     };
+    let mut owners: SmallVec<[(usize, &str); 2]> = SmallVec::new();
     for info in listed() {
-        if let Some(p) = b.participant_mut(&info.room_id) {
-            if let Some(o) = &info.owner_account {
-                if p.owner_account.as_deref() != Some(o.as_str()) {
-                    p.owner_account = Some(o.as_str().into());
-                }
-            }
-            if let Some(s) = info.score {
-                p.score = s;
+        let Some(i) = b
+            .participants
+            .iter()
+            .position(|p| *p.room_id == *info.room_id)
+        else {
+            continue;
+        };
+        if let Some(o) = &info.owner_account {
+            // The last one listed for a room wins.
+            owners.retain(|(j, _)| *j != i);
+            if b.owner_of(&b.participants[i]) != Some(o.as_str()) {
+                owners.push((i, o.as_str()));
             }
         }
+        if let Some(s) = info.score {
+            b.participants[i].score = s;
+        }
+    }
+    if !owners.is_empty() {
+        b.set_owners(&owners);
     }
     changed
 }
 
 /// Owners from a Start that came after End: End's membership and scores stand.
 fn fill_owners(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> bool {
+    let mut owners: SmallVec<[(usize, &str); 2]> = SmallVec::new();
     for info in from.into_iter().chain(to) {
-        if let Some(p) = b.participant_mut(&info.room_id) {
-            set_if_none(
-                &mut p.owner_account,
-                info.owner_account.as_deref().map(Into::into),
-            );
+        let Some(i) = b
+            .participants
+            .iter()
+            .position(|p| *p.room_id == *info.room_id)
+        else {
+            continue;
+        };
+        // Only an unknown owner is filled, by the first one listed.
+        if let Some(o) = &info.owner_account {
+            if b.owner_of(&b.participants[i]).is_none() && !owners.iter().any(|(j, _)| *j == i) {
+                owners.push((i, o.as_str()));
+            }
         }
+    }
+    if !owners.is_empty() {
+        b.set_owners(&owners);
     }
     false
 }
