@@ -268,6 +268,10 @@ pub(crate) mod seen {
     pub const CREATE: u8 = 1;
     pub const START: u8 = 2;
     pub const END: u8 = 4;
+    /// Not a webhook: `NeedResponse` is known ...
+    pub const NEED_RESPONSE_KNOWN: u8 = 8;
+    /// ... and true.
+    pub const NEED_RESPONSE: u8 = 16;
 }
 
 /// Everything the engine knows about one battle. This is also the stored record.
@@ -279,7 +283,8 @@ pub struct Battle {
     pub state: State,
     /// Bumped on every change that observers hear of.
     pub version: u64,
-    /// Which battle webhooks were applied (bits of `seen`).
+    /// Which battle webhooks were applied (bits 0–2 of `seen`), and `NeedResponse` (bit 3: known,
+    /// bit 4: its value; see [`Battle::need_response`]).
     pub seen: u8,
     /// The caller's room.
     pub from_room: Option<Arc<str>>,
@@ -292,8 +297,6 @@ pub struct Battle {
     operator_len: u32,
     /// Length of `ExtensionInfo`, right after the operator; `u32::MAX` when there is none.
     extension_len: u32,
-    /// `NeedResponse`.
-    pub need_response: Option<bool>,
     /// `Timeout` (ms).
     pub timeout_ms: OptDur,
     /// `Duration` (ms).
@@ -351,7 +354,6 @@ impl Battle {
             texts: Box::default(),
             operator_len: u32::MAX,
             extension_len: u32::MAX,
-            need_response: None,
             timeout_ms: OptDur::NONE,
             duration_ms: OptDur::NONE,
             created_at_ms: OptMs::NONE,
@@ -377,6 +379,21 @@ impl Battle {
             State::Pending | State::Ended => None,
             State::AwaitingResponse => self.response_deadline_ms.get(),
             State::Running => self.ends_at_ms.get(),
+        }
+    }
+
+    /// `NeedResponse` (kept in two bits of `seen`).
+    pub fn need_response(&self) -> Option<bool> {
+        (self.seen & seen::NEED_RESPONSE_KNOWN != 0).then_some(self.seen & seen::NEED_RESPONSE != 0)
+    }
+
+    /// Sets `NeedResponse`.
+    pub fn set_need_response(&mut self, v: Option<bool>) {
+        self.seen &= !(seen::NEED_RESPONSE_KNOWN | seen::NEED_RESPONSE);
+        match v {
+            Some(true) => self.seen |= seen::NEED_RESPONSE_KNOWN | seen::NEED_RESPONSE,
+            Some(false) => self.seen |= seen::NEED_RESPONSE_KNOWN,
+            None => {}
         }
     }
 
@@ -471,7 +488,7 @@ impl Battle {
             from_room: self.from_room.clone(),
             to_rooms: self.to_rooms.to_vec(),
             operator: self.operator().map(Into::into),
-            need_response: self.need_response,
+            need_response: self.need_response(),
             timeout_ms: self.timeout_ms.get(),
             duration_ms: self.duration_ms.get(),
             extension_info: self.extension_info().map(Into::into),

@@ -341,7 +341,7 @@ fn on_created(b: &mut Battle, c: &Created, now_ms: i64, clamp: &dyn Fn(i64) -> i
             .map(str::to_owned);
         b.set_texts(operator.as_deref(), extension_info.as_deref());
     }
-    b.need_response = c.need_response.or(b.need_response);
+    b.set_need_response(c.need_response.or(b.need_response()));
     b.timeout_ms = c.timeout_ms.or(b.timeout_ms.get()).into();
     b.to_rooms = c.to_rooms.iter().map(|r| b.room_arc(r)).collect();
     if b.from_room.is_none() {

@@ -36,7 +36,7 @@ fn stored_battle(i: usize, now: i64) -> Battle {
     b.from_room = Some(format!("room-a-{i}").into());
     b.to_rooms = vec![format!("room-b-{i}").into()].into();
     b.set_texts(Some("operator"), Some("extension pk"));
-    b.need_response = Some(false);
+    b.set_need_response(Some(false));
     b.timeout_ms = Some(30_000u64).into();
     b.duration_ms = Some(300_000u64).into();
     b.created_at_ms = Some(now).into();
