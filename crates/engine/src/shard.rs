@@ -75,11 +75,11 @@ pub(crate) struct Shard {
     queue: TimerQueue<TimerEntry>,
     due: Vec<(i64, TimerEntry)>,
     /// Evicted ids still inside the dedupe horizon, and when each may be forgotten.
-    evicted: HashMap<Arc<str>, i64>,
+    evicted: HashMap<Arc<str>, i64, Hasher>,
     evicted_order: VecDeque<(i64, Arc<str>)>,
     // The current batch.
     ops: Vec<StoreOp>,
-    op_index: HashMap<Arc<str>, usize>,
+    op_index: HashMap<Arc<str>, usize, Hasher>,
     notes: Vec<Notification>,
     replies: Vec<Reply>,
     /// After a failed store write: when to try the pending changes again.
@@ -111,10 +111,10 @@ impl Shard {
             rx,
             queue: TimerQueue::new(),
             due: Vec::new(),
-            evicted: HashMap::new(),
+            evicted: HashMap::default(),
             evicted_order: VecDeque::new(),
             ops: Vec::new(),
-            op_index: HashMap::new(),
+            op_index: HashMap::default(),
             notes: Vec::new(),
             replies: Vec::new(),
             retry_at: None,
