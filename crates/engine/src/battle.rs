@@ -3,6 +3,13 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+/// A battle's invited callees: usually one, kept inline.
+pub type Rooms = SmallVec<[Arc<str>; 1]>;
+
+/// A battle's participants: usually two, kept inline.
+pub type Participants = SmallVec<[Participant; 2]>;
 
 /// Lifecycle state. See docs/lifecycle.md for the diagram and every rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,10 +118,12 @@ pub enum Response {
 pub struct Participant {
     /// The room.
     pub room_id: Arc<str>,
-    /// Its owner (`Owner_Account`), exactly as Tencent sent it.
-    pub owner_account: Option<Box<str>>,
     /// Current score (final once the End webhook came).
     pub score: i64,
+    /// Where its owner (`Owner_Account`) is in the battle's text arena ([`Battle::owner_of`]).
+    owner_at: u32,
+    /// The owner's length; `u16::MAX` when unknown.
+    owner_len: u16,
     /// A callee's answer, when known.
     pub response: Option<Response>,
     /// The room left or was destroyed.
@@ -125,8 +134,9 @@ impl Participant {
     pub(crate) fn new(room_id: Arc<str>) -> Participant {
         Participant {
             room_id,
-            owner_account: None,
             score: 0,
+            owner_at: 0,
+            owner_len: u16::MAX,
             response: None,
             left: false,
         }
@@ -159,11 +169,109 @@ pub struct Timer {
     pub generation: u32,
 }
 
+/// An optional Unix-ms instant in 8 bytes instead of `Option<i64>`'s 16: `i64::MIN` means none
+/// (a `Some(i64::MIN)` is stored as `i64::MIN + 1`, a date no clock produces). Serialized, and
+/// compared with `Option<i64>` by [`OptMs::get`], exactly like an `Option<i64>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "Option<i64>", into = "Option<i64>")]
+pub struct OptMs(i64);
+
+impl OptMs {
+    /// None.
+    pub const NONE: OptMs = OptMs(i64::MIN);
+
+    /// The instant, if any.
+    #[inline]
+    pub fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+
+    /// Whether there is no instant.
+    #[inline]
+    pub fn is_none(self) -> bool {
+        self.0 == i64::MIN
+    }
+}
+
+impl From<Option<i64>> for OptMs {
+    #[inline]
+    fn from(v: Option<i64>) -> OptMs {
+        match v {
+            Some(t) => OptMs(t.max(i64::MIN + 1)),
+            None => OptMs::NONE,
+        }
+    }
+}
+
+impl From<OptMs> for Option<i64> {
+    #[inline]
+    fn from(v: OptMs) -> Option<i64> {
+        v.get()
+    }
+}
+
+impl std::fmt::Debug for OptMs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// An optional millisecond duration in 4 bytes instead of `Option<u64>`'s 16: `u32::MAX` means
+/// none, and longer durations (over 49 days) are stored as `u32::MAX - 1` ms.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "Option<u32>", into = "Option<u32>")]
+pub struct OptDur(u32);
+
+impl OptDur {
+    /// None.
+    pub const NONE: OptDur = OptDur(u32::MAX);
+
+    /// The duration in ms, if any.
+    #[inline]
+    pub fn get(self) -> Option<u64> {
+        (self.0 != u32::MAX).then_some(u64::from(self.0))
+    }
+}
+
+impl From<Option<u64>> for OptDur {
+    #[inline]
+    fn from(v: Option<u64>) -> OptDur {
+        match v {
+            Some(d) => OptDur(u32::try_from(d).unwrap_or(u32::MAX - 1).min(u32::MAX - 1)),
+            None => OptDur::NONE,
+        }
+    }
+}
+
+impl From<Option<u32>> for OptDur {
+    #[inline]
+    fn from(v: Option<u32>) -> OptDur {
+        OptDur::from(v.map(u64::from))
+    }
+}
+
+impl From<OptDur> for Option<u32> {
+    #[inline]
+    fn from(v: OptDur) -> Option<u32> {
+        (v.0 != u32::MAX).then_some(v.0)
+    }
+}
+
+impl std::fmt::Debug for OptDur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// Bits of `Battle::seen`: which Tencent battle callbacks were applied (the dedupe memory).
 pub(crate) mod seen {
     pub const CREATE: u8 = 1;
     pub const START: u8 = 2;
     pub const END: u8 = 4;
+    /// Not a webhook: `NeedResponse` is known ...
+    pub const NEED_RESPONSE_KNOWN: u8 = 8;
+    /// ... and true.
+    pub const NEED_RESPONSE: u8 = 16;
 }
 
 /// Everything the engine knows about one battle. This is also the stored record.
@@ -175,44 +283,46 @@ pub struct Battle {
     pub state: State,
     /// Bumped on every change that observers hear of.
     pub version: u64,
-    /// Which battle webhooks were applied (bits of `seen`).
+    /// Which battle webhooks were applied (bits 0–2 of `seen`), and `NeedResponse` (bit 3: known,
+    /// bit 4: its value; see [`Battle::need_response`]).
     pub seen: u8,
     /// The caller's room.
     pub from_room: Option<Arc<str>>,
-    /// The invited callees (from Create).
-    pub to_rooms: Vec<Arc<str>>,
-    /// `Operator_Account`.
-    pub operator: Option<Box<str>>,
-    /// `NeedResponse`.
-    pub need_response: Option<bool>,
+    /// The invited callees (from Create); one is kept inline.
+    pub to_rooms: Rooms,
+    /// `Operator_Account`, `ExtensionInfo` and the participants' owners, in one allocation (see
+    /// [`Battle::operator`], [`Battle::extension_info`], [`Battle::owner_of`]).
+    texts: Box<str>,
+    /// Length of the operator at the start of `texts`; `u32::MAX` when there is none.
+    operator_len: u32,
+    /// Length of `ExtensionInfo`, right after the operator; `u32::MAX` when there is none.
+    extension_len: u32,
     /// `Timeout` (ms).
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: OptDur,
     /// `Duration` (ms).
-    pub duration_ms: Option<u64>,
-    /// `ExtensionInfo`.
-    pub extension_info: Option<Box<str>>,
+    pub duration_ms: OptDur,
     /// When Tencent created it (Unix ms).
-    pub created_at_ms: Option<i64>,
+    pub created_at_ms: OptMs,
     /// When the response window closes (Unix ms), for `NeedResponse=true`.
-    pub response_deadline_ms: Option<i64>,
+    pub response_deadline_ms: OptMs,
     /// When it started (Unix ms).
-    pub started_at_ms: Option<i64>,
+    pub started_at_ms: OptMs,
     /// When it is due to end (Unix ms): `started_at_ms + duration_ms`.
-    pub ends_at_ms: Option<i64>,
+    pub ends_at_ms: OptMs,
     /// When it ended (Unix ms).
-    pub ended_at_ms: Option<i64>,
+    pub ended_at_ms: OptMs,
     /// Why it ended.
     pub end_reason: Option<EndReason>,
     /// Tencent's raw `OpType`, once the End webhook came.
     pub end_op_type: Option<i64>,
-    /// The rooms in the battle.
-    pub participants: Vec<Participant>,
+    /// The rooms in the battle; two are kept inline.
+    pub participants: Participants,
     /// How `started_at_ms` was learned; a better source refines a worse one.
     pub start_source: Option<StartSource>,
     /// Engine time (Unix ms) when the engine first heard of the battle.
     pub known_since_ms: i64,
     /// Engine time (Unix ms) when the battle entered `ended` (retention counts from here).
-    pub closed_at_ms: Option<i64>,
+    pub closed_at_ms: OptMs,
     /// The armed timer.
     pub timer: Option<Timer>,
     /// Timer generation: bumped whenever the armed timer changes.
@@ -240,23 +350,23 @@ impl Battle {
             version: 0,
             seen: 0,
             from_room: None,
-            to_rooms: Vec::new(),
-            operator: None,
-            need_response: None,
-            timeout_ms: None,
-            duration_ms: None,
-            extension_info: None,
-            created_at_ms: None,
-            response_deadline_ms: None,
-            started_at_ms: None,
-            ends_at_ms: None,
-            ended_at_ms: None,
+            to_rooms: Rooms::new(),
+            texts: Box::default(),
+            operator_len: u32::MAX,
+            extension_len: u32::MAX,
+            timeout_ms: OptDur::NONE,
+            duration_ms: OptDur::NONE,
+            created_at_ms: OptMs::NONE,
+            response_deadline_ms: OptMs::NONE,
+            started_at_ms: OptMs::NONE,
+            ends_at_ms: OptMs::NONE,
+            ended_at_ms: OptMs::NONE,
             end_reason: None,
             end_op_type: None,
-            participants: Vec::new(),
+            participants: Participants::new(),
             start_source: None,
             known_since_ms: now_ms,
-            closed_at_ms: None,
+            closed_at_ms: OptMs::NONE,
             timer: None,
             generation: 0,
         }
@@ -267,8 +377,72 @@ impl Battle {
     pub fn next_deadline_ms(&self) -> Option<i64> {
         match self.state {
             State::Pending | State::Ended => None,
-            State::AwaitingResponse => self.response_deadline_ms,
-            State::Running => self.ends_at_ms,
+            State::AwaitingResponse => self.response_deadline_ms.get(),
+            State::Running => self.ends_at_ms.get(),
+        }
+    }
+
+    /// `NeedResponse` (kept in two bits of `seen`).
+    pub fn need_response(&self) -> Option<bool> {
+        (self.seen & seen::NEED_RESPONSE_KNOWN != 0).then_some(self.seen & seen::NEED_RESPONSE != 0)
+    }
+
+    /// Sets `NeedResponse`.
+    pub fn set_need_response(&mut self, v: Option<bool>) {
+        self.seen &= !(seen::NEED_RESPONSE_KNOWN | seen::NEED_RESPONSE);
+        match v {
+            Some(true) => self.seen |= seen::NEED_RESPONSE_KNOWN | seen::NEED_RESPONSE,
+            Some(false) => self.seen |= seen::NEED_RESPONSE_KNOWN,
+            None => {}
+        }
+    }
+
+    /// `Operator_Account`.
+    pub fn operator(&self) -> Option<&str> {
+        let n = self.operator_len;
+        (n != u32::MAX).then(|| &self.texts[..n as usize])
+    }
+
+    /// `ExtensionInfo`.
+    pub fn extension_info(&self) -> Option<&str> {
+        let from = match self.operator_len {
+            u32::MAX => 0,
+            n => n as usize,
+        };
+        let n = self.extension_len;
+        (n != u32::MAX).then(|| &self.texts[from..from + n as usize])
+    }
+
+    /// A participant's owner (`Owner_Account`), exactly as Tencent sent it.
+    pub fn owner_of(&self, p: &Participant) -> Option<&str> {
+        let at = p.owner_at as usize;
+        (p.owner_len != u16::MAX).then(|| &self.texts[at..at + p.owner_len as usize])
+    }
+
+    /// Sets `Operator_Account` and `ExtensionInfo` (the owners stay).
+    pub fn set_texts(&mut self, operator: Option<&str>, extension_info: Option<&str>) {
+        let owners = self.participants.iter().map(|p| self.owner_of(p));
+        let texts = Texts::build(operator, extension_info, owners);
+        self.install(texts);
+    }
+
+    /// Sets the owners of the participants at the given indexes (the last one listed for an
+    /// index wins).
+    pub fn set_owners(&mut self, owners: &[(usize, &str)]) {
+        let owner = |i: usize| owners.iter().rev().find(|(j, _)| *j == i).map(|(_, o)| *o);
+        let all = (self.participants.iter().enumerate())
+            .map(|(i, p)| owner(i).or_else(|| self.owner_of(p)));
+        let texts = Texts::build(self.operator(), self.extension_info(), all);
+        self.install(texts);
+    }
+
+    fn install(&mut self, t: Texts) {
+        self.texts = t.buf;
+        self.operator_len = t.operator_len;
+        self.extension_len = t.extension_len;
+        for (p, (at, len)) in self.participants.iter_mut().zip(t.owners) {
+            p.owner_at = at;
+            p.owner_len = len;
         }
     }
 
@@ -294,7 +468,7 @@ impl Battle {
     pub(crate) fn room_arc(&self, room: &str) -> Arc<str> {
         self.from_room
             .iter()
-            .chain(&self.to_rooms)
+            .chain(self.to_rooms.iter())
             .chain(self.participants.iter().map(|p| &p.room_id))
             .find(|r| &***r == room)
             .cloned()
@@ -312,17 +486,17 @@ impl Battle {
             state: self.state,
             version: self.version,
             from_room: self.from_room.clone(),
-            to_rooms: self.to_rooms.clone(),
-            operator: self.operator.clone(),
-            need_response: self.need_response,
-            timeout_ms: self.timeout_ms,
-            duration_ms: self.duration_ms,
-            extension_info: self.extension_info.clone(),
-            created_at_ms: self.created_at_ms,
-            response_deadline_ms: self.response_deadline_ms,
-            started_at_ms: self.started_at_ms,
-            ends_at_ms: self.ends_at_ms,
-            ended_at_ms: self.ended_at_ms,
+            to_rooms: self.to_rooms.to_vec(),
+            operator: self.operator().map(Into::into),
+            need_response: self.need_response(),
+            timeout_ms: self.timeout_ms.get(),
+            duration_ms: self.duration_ms.get(),
+            extension_info: self.extension_info().map(Into::into),
+            created_at_ms: self.created_at_ms.get(),
+            response_deadline_ms: self.response_deadline_ms.get(),
+            started_at_ms: self.started_at_ms.get(),
+            ends_at_ms: self.ends_at_ms.get(),
+            ended_at_ms: self.ended_at_ms.get(),
             end_reason: self.end_reason,
             end_op_type: self.end_op_type,
             next_deadline_ms: self.next_deadline_ms(),
@@ -331,7 +505,7 @@ impl Battle {
                 .iter()
                 .map(|p| ParticipantView {
                     room_id: p.room_id.clone(),
-                    owner_account: p.owner_account.clone(),
+                    owner_account: self.owner_of(p).map(Into::into),
                     score: p.score,
                     response: p.response,
                     left: p.left,
@@ -340,6 +514,59 @@ impl Battle {
             server_time_ms,
         }
     }
+}
+
+/// A battle's text arena being rebuilt: operator, extension info, then each participant's owner.
+/// Lengths are capped (4 GiB for the first two, 64 KiB for an owner: an account id is a few
+/// dozen bytes), cut at a char boundary.
+struct Texts {
+    buf: Box<str>,
+    operator_len: u32,
+    extension_len: u32,
+    owners: SmallVec<[(u32, u16); 2]>,
+}
+
+impl Texts {
+    fn build<'a>(
+        operator: Option<&str>,
+        extension_info: Option<&str>,
+        owners: impl Iterator<Item = Option<&'a str>> + Clone,
+    ) -> Texts {
+        let cut = |s: &'a str, max: usize| &s[..floor_char_boundary(s, max)];
+        let owners = owners.map(|o| o.map(|o| cut(o, u16::MAX as usize - 1)));
+        let op = operator.map(|o| &o[..floor_char_boundary(o, u32::MAX as usize - 1)]);
+        let ext = extension_info.map(|e| &e[..floor_char_boundary(e, u32::MAX as usize - 1)]);
+        let len = op.map_or(0, str::len)
+            + ext.map_or(0, str::len)
+            + owners.clone().map(|o| o.map_or(0, str::len)).sum::<usize>();
+        let mut buf = String::with_capacity(len);
+        buf.push_str(op.unwrap_or(""));
+        buf.push_str(ext.unwrap_or(""));
+        let owners = owners
+            .map(|o| match o {
+                Some(o) => {
+                    let at = buf.len() as u32;
+                    buf.push_str(o);
+                    (at, o.len() as u16)
+                }
+                None => (0, u16::MAX),
+            })
+            .collect();
+        Texts {
+            buf: buf.into_boxed_str(),
+            operator_len: op.map_or(u32::MAX, |o| o.len() as u32),
+            extension_len: ext.map_or(u32::MAX, |e| e.len() as u32),
+            owners,
+        }
+    }
+}
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// One participant in a [`BattleSnapshot`].

@@ -31,8 +31,8 @@ mod timers;
 pub mod transition;
 
 pub use battle::{
-    Battle, BattleSnapshot, EndReason, Participant, ParticipantView, Response, StartSource, State,
-    Timer, TimerKind,
+    Battle, BattleSnapshot, EndReason, OptDur, OptMs, Participant, ParticipantView, Participants,
+    Response, Rooms, StartSource, State, Timer, TimerKind,
 };
 pub use clock::{Clock, TokioClock};
 pub use engine::{Applied, Engine, EngineBuilder, EngineError, Outcome};

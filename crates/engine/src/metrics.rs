@@ -25,6 +25,100 @@ pub struct Metrics {
     lateness_sum_ms: AtomicU64,
 }
 
+/// A shard's counts since its last flush into the shared [`Metrics`]: plain integers, so an
+/// event costs no atomic operation; the shard adds them up once per wake-up (before it answers).
+#[derive(Debug, Default)]
+pub(crate) struct MetricsDelta {
+    by_state: [i64; 4],
+    by_cause: [u64; Cause::ALL.len()],
+    events: u64,
+    duplicates: u64,
+    timers_armed: u64,
+    timers_cancelled: u64,
+    timers_fired: u64,
+    evicted: u64,
+    lateness: [u64; LATENESS_BUCKETS_MS.len() + 1],
+    lateness_sum_ms: u64,
+    dirty: bool,
+}
+
+impl MetricsDelta {
+    pub(crate) fn state_moved(&mut self, from: Option<State>, to: Option<State>) {
+        self.dirty = true;
+        if let Some(f) = from {
+            self.by_state[f.index()] -= 1;
+        }
+        if let Some(t) = to {
+            self.by_state[t.index()] += 1;
+        }
+    }
+    pub(crate) fn change(&mut self, cause: Cause) {
+        self.dirty = true;
+        if let Some(i) = Cause::ALL.iter().position(|c| *c == cause) {
+            self.by_cause[i] += 1;
+        }
+    }
+    pub(crate) fn event(&mut self, duplicate: bool) {
+        self.dirty = true;
+        self.events += 1;
+        self.duplicates += u64::from(duplicate);
+    }
+    pub(crate) fn timer_armed(&mut self, replaced: bool) {
+        self.dirty = true;
+        self.timers_armed += 1;
+        self.timers_cancelled += u64::from(replaced);
+    }
+    pub(crate) fn timer_cancelled(&mut self) {
+        self.dirty = true;
+        self.timers_cancelled += 1;
+    }
+    pub(crate) fn timer_fired(&mut self, late_ms: u64) {
+        self.dirty = true;
+        self.timers_fired += 1;
+        let i = LATENESS_BUCKETS_MS
+            .iter()
+            .position(|b| late_ms <= *b)
+            .unwrap_or(LATENESS_BUCKETS_MS.len());
+        self.lateness[i] += 1;
+        self.lateness_sum_ms += late_ms;
+    }
+    pub(crate) fn evicted(&mut self) {
+        self.dirty = true;
+        self.evicted += 1;
+    }
+
+    /// Adds the counts to `m` and starts again from zero.
+    pub(crate) fn flush(&mut self, m: &Metrics) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
+        let d = std::mem::take(self);
+        fn add(a: &AtomicU64, n: u64) {
+            if n != 0 {
+                a.fetch_add(n, Relaxed);
+            }
+        }
+        for (a, n) in m.by_state.iter().zip(d.by_state) {
+            if n != 0 {
+                a.fetch_add(n, Relaxed);
+            }
+        }
+        for (a, n) in m.by_cause.iter().zip(d.by_cause) {
+            add(a, n);
+        }
+        add(&m.events, d.events);
+        add(&m.duplicates, d.duplicates);
+        add(&m.timers_armed, d.timers_armed);
+        add(&m.timers_cancelled, d.timers_cancelled);
+        add(&m.timers_fired, d.timers_fired);
+        add(&m.evicted, d.evicted);
+        for (a, n) in m.lateness.iter().zip(d.lateness) {
+            add(a, n);
+        }
+        add(&m.lateness_sum_ms, d.lateness_sum_ms);
+    }
+}
+
 /// A point-in-time copy of [`Metrics`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetricsSnapshot {
@@ -51,47 +145,6 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
-    pub(crate) fn state_moved(&self, from: Option<State>, to: Option<State>) {
-        if let Some(f) = from {
-            self.by_state[f.index()].fetch_sub(1, Relaxed);
-        }
-        if let Some(t) = to {
-            self.by_state[t.index()].fetch_add(1, Relaxed);
-        }
-    }
-    pub(crate) fn change(&self, cause: Cause) {
-        if let Some(i) = Cause::ALL.iter().position(|c| *c == cause) {
-            self.by_cause[i].fetch_add(1, Relaxed);
-        }
-    }
-    pub(crate) fn event(&self, duplicate: bool) {
-        self.events.fetch_add(1, Relaxed);
-        if duplicate {
-            self.duplicates.fetch_add(1, Relaxed);
-        }
-    }
-    pub(crate) fn timer_armed(&self, replaced: bool) {
-        self.timers_armed.fetch_add(1, Relaxed);
-        if replaced {
-            self.timers_cancelled.fetch_add(1, Relaxed);
-        }
-    }
-    pub(crate) fn timer_cancelled(&self) {
-        self.timers_cancelled.fetch_add(1, Relaxed);
-    }
-    pub(crate) fn timer_fired(&self, late_ms: u64) {
-        self.timers_fired.fetch_add(1, Relaxed);
-        let i = LATENESS_BUCKETS_MS
-            .iter()
-            .position(|b| late_ms <= *b)
-            .unwrap_or(LATENESS_BUCKETS_MS.len());
-        self.lateness[i].fetch_add(1, Relaxed);
-        self.lateness_sum_ms.fetch_add(late_ms, Relaxed);
-    }
-    pub(crate) fn evicted(&self) {
-        self.evicted.fetch_add(1, Relaxed);
-    }
-
     /// Battles currently in `state`.
     pub fn battles_in(&self, state: State) -> u64 {
         self.by_state[state.index()].load(Relaxed).max(0) as u64

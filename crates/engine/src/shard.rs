@@ -10,11 +10,11 @@ use std::task::Poll;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::battle::{Battle, State, Timer};
+use crate::battle::{Battle, State, Timer, TimerKind};
 use crate::clock::Clock;
 use crate::engine::{Applied, EngineError, Outcome};
 use crate::event::{Cause, Event};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsDelta};
 use crate::notify::{Hub, Notification, Target};
 use crate::store::{Store, StoreOp};
 use crate::timers::TimerQueue;
@@ -62,23 +62,32 @@ type Reply = (
     Vec<Result<Applied, EngineError>>,
 );
 
+/// A queued timer. Its deadline is the queue's bucket key, so an entry is 24 bytes.
+pub(crate) struct TimerEntry {
+    id: Arc<str>,
+    generation: u32,
+    kind: TimerKind,
+}
+
 pub(crate) struct Shard {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
-    queue: TimerQueue<(Arc<str>, Timer)>,
-    due: Vec<(i64, (Arc<str>, Timer))>,
+    queue: TimerQueue<TimerEntry>,
+    due: Vec<(i64, TimerEntry)>,
     /// Evicted ids still inside the dedupe horizon, and when each may be forgotten.
-    evicted: HashMap<Arc<str>, i64>,
+    evicted: HashMap<Arc<str>, i64, Hasher>,
     evicted_order: VecDeque<(i64, Arc<str>)>,
     // The current batch.
     ops: Vec<StoreOp>,
-    op_index: HashMap<Arc<str>, usize>,
+    op_index: HashMap<Arc<str>, usize, Hasher>,
     notes: Vec<Notification>,
     replies: Vec<Reply>,
     /// After a failed store write: when to try the pending changes again.
     retry_at: Option<tokio::time::Instant>,
     /// The batch being written.
     writing: Option<Writing>,
+    /// Metrics counted since the last flush (once per wake-up, before answering).
+    delta: MetricsDelta,
 }
 
 /// A batch whose store write is in progress.
@@ -102,14 +111,15 @@ impl Shard {
             rx,
             queue: TimerQueue::new(),
             due: Vec::new(),
-            evicted: HashMap::new(),
+            evicted: HashMap::default(),
             evicted_order: VecDeque::new(),
             ops: Vec::new(),
-            op_index: HashMap::new(),
+            op_index: HashMap::default(),
             notes: Vec::new(),
             replies: Vec::new(),
             retry_at: None,
             writing: None,
+            delta: MetricsDelta::default(),
         };
         let mut evicted = evicted;
         evicted.sort_by_key(|(_, at)| *at);
@@ -120,6 +130,7 @@ impl Shard {
         for b in battles {
             shard.restore(b);
         }
+        shard.delta.flush(&shard.shared.metrics);
         shard
     }
 
@@ -127,7 +138,7 @@ impl Shard {
     /// that passed while the process was down fires at once and is reported late.
     fn restore(&mut self, b: Battle) {
         let id = b.id.clone();
-        self.shared.metrics.state_moved(None, Some(b.state));
+        self.delta.state_moved(None, Some(b.state));
         self.index_rooms(&b);
         if let Some(t) = b.timer {
             self.insert_timer(&id, t);
@@ -141,7 +152,14 @@ impl Shard {
     }
 
     fn insert_timer(&mut self, id: &Arc<str>, t: Timer) {
-        self.queue.insert(t.at_ms, (id.clone(), t));
+        self.queue.insert(
+            t.at_ms,
+            TimerEntry {
+                id: id.clone(),
+                generation: t.generation,
+                kind: t.kind,
+            },
+        );
     }
 
     /// The shard loop. Commands and timers are applied as they come, into the next batch; at
@@ -189,6 +207,7 @@ impl Shard {
                     self.retry_at = None;
                 }
             }
+            self.delta.flush(&self.shared.metrics);
             self.submit();
             if closing.is_some() && self.writing.is_none() && self.is_idle() {
                 if let Some(reply) = closing.take() {
@@ -208,8 +227,13 @@ impl Shard {
     fn fire_due(&mut self) {
         let mut due = std::mem::take(&mut self.due);
         self.queue.take_due(self.now(), &mut due);
-        for (_, entry) in due.drain(..) {
-            self.on_timer(entry);
+        for (at_ms, entry) in due.drain(..) {
+            let timer = Timer {
+                kind: entry.kind,
+                at_ms,
+                generation: entry.generation,
+            };
+            self.on_timer(entry.id, timer);
         }
         self.due = due;
         self.forget_expired();
@@ -226,7 +250,7 @@ impl Shard {
             (None, None) => return Err(EngineError::Invalid("no battle".into())),
         };
         if self.evicted.contains_key(id) {
-            self.shared.metrics.event(true);
+            self.delta.event(true);
             return Ok(Applied::unchanged(Outcome::Evicted, Some(State::Ended), 0));
         }
         let now = self.now();
@@ -239,9 +263,7 @@ impl Shard {
         let before_timer = existing.as_ref().and_then(|b| b.timer);
         let before_version = existing.as_ref().map(|b| b.version);
         let (new, fx) = apply_event(existing, &event, now, rules).map_err(EngineError::Refused)?;
-        self.shared
-            .metrics
-            .event(matches!(fx.change, Change::Duplicate));
+        self.delta.event(matches!(fx.change, Change::Duplicate));
         match new {
             Some(b) => {
                 drop(slot);
@@ -250,7 +272,7 @@ impl Shard {
                 }
                 let key = b.id.clone();
                 if let Some(t) = b.timer {
-                    self.shared.metrics.timer_armed(false);
+                    self.delta.timer_armed(false);
                     self.insert_timer(&key, t);
                 }
                 let applied = self.after_change(&b, fx, cause, None, None);
@@ -284,10 +306,10 @@ impl Shard {
         }
         match now {
             Some(t) => {
-                self.shared.metrics.timer_armed(before.is_some());
+                self.delta.timer_armed(before.is_some());
                 self.insert_timer(id, t);
             }
-            None => self.shared.metrics.timer_cancelled(),
+            None => self.delta.timer_cancelled(),
         }
     }
 
@@ -310,13 +332,20 @@ impl Shard {
         if fx.dirty && self.shared.store.is_persistent() {
             self.put(b, before_version);
         }
-        if fx.rooms_changed || before != Some(b.state) {
+        // The index follows the rooms of live battles: it changes when a battle comes to life or
+        // ends, when its membership changes, and with Create (which names the invited rooms).
+        // A move between live states (a re-arm) leaves it alone.
+        let ended = b.state == State::Ended;
+        if fx.rooms_changed
+            || before.map(|s| s == State::Ended) != Some(ended)
+            || cause == Cause::CreateWebhook
+        {
             self.index_rooms(b);
         }
         if fx.change.notifies() {
-            self.shared.metrics.change(cause);
+            self.delta.change(cause);
             if before != Some(b.state) {
-                self.shared.metrics.state_moved(before, Some(b.state));
+                self.delta.state_moved(before, Some(b.state));
             }
             let to = if before == Some(b.state) {
                 Target::Update
@@ -369,7 +398,7 @@ impl Shard {
         let rooms = &self.shared.rooms;
         // Each distinct room once (participants usually repeat the caller and callees).
         let listed = |r: &Arc<str>| b.from_room.as_ref() == Some(r) || b.to_rooms.contains(r);
-        let all = b.from_room.iter().chain(&b.to_rooms).chain(
+        let all = b.from_room.iter().chain(b.to_rooms.iter()).chain(
             b.participants
                 .iter()
                 .map(|p| &p.room_id)
@@ -386,7 +415,7 @@ impl Shard {
         }
     }
 
-    fn on_timer(&mut self, (id, timer): (Arc<str>, Timer)) {
+    fn on_timer(&mut self, id: Arc<str>, timer: Timer) {
         let now = self.now();
         let shared = self.shared.clone();
         let Some(mut slot) = shared.battles.get_mut(&id) else {
@@ -403,12 +432,12 @@ impl Shard {
         match fx.change {
             Change::Evict => {
                 drop(slot);
-                self.shared.metrics.timer_fired(late);
+                self.delta.timer_fired(late);
                 self.evict(&id, now);
             }
             Change::None => {}
             _ => {
-                self.shared.metrics.timer_fired(late);
+                self.delta.timer_fired(late);
                 let cause = match timer.kind {
                     crate::battle::TimerKind::PendingExpiry => Cause::PendingTimer,
                     crate::battle::TimerKind::ResponseDeadline => Cause::ResponseTimer,
@@ -430,13 +459,9 @@ impl Shard {
         let Some((_, slot)) = self.shared.battles.remove(id) else {
             return;
         };
-        self.shared.metrics.evicted();
-        self.shared
-            .metrics
-            .state_moved(Some(slot.battle.state), None);
-        for r in slot.battle.rooms() {
-            self.shared.rooms.remove_if(r, |_, b| b == id);
-        }
+        self.delta.evicted();
+        self.delta.state_moved(Some(slot.battle.state), None);
+        // Its rooms left the room index when it ended (an ended battle is never indexed).
         self.shared.hub.forget_battle(id);
         let forget_at = now.saturating_add(self.shared.rules.dedupe_horizon_ms as i64);
         self.evicted.insert(id.clone(), forget_at);

@@ -45,11 +45,11 @@ fn battle(id: &str, version: u64) -> Battle {
     let mut b = Battle::new(id, State::Running, T0);
     b.version = version;
     b.from_room = Some("pk-3".into());
-    b.to_rooms = vec!["pk-5".into()];
-    b.started_at_ms = Some(T0);
-    b.duration_ms = Some(60_000);
-    b.ends_at_ms = Some(T0 + 60_000);
-    b.extension_info = Some("ext/+=".into());
+    b.to_rooms = vec!["pk-5".into()].into();
+    b.started_at_ms = Some(T0).into();
+    b.duration_ms = Some(60_000u64).into();
+    b.ends_at_ms = Some(T0 + 60_000).into();
+    b.set_texts(None, Some("ext/+="));
     b
 }
 

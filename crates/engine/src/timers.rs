@@ -10,12 +10,17 @@ use std::collections::{BinaryHeap, HashMap};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use smallvec::SmallVec;
 use tokio::time::{Instant, Sleep};
 
 use crate::clock::{instant_for, Clock};
 
+/// The entries due at one deadline; a lone entry (the usual case when deadlines are spread over
+/// milliseconds) is kept in the bucket itself, with no allocation.
+type Bucket<T> = SmallVec<[T; 1]>;
+
 pub(crate) struct TimerQueue<T> {
-    buckets: HashMap<i64, Vec<T>, foldhash::fast::RandomState>,
+    buckets: HashMap<i64, Bucket<T>, foldhash::fast::RandomState>,
     order: BinaryHeap<Reverse<i64>>,
     sleep: Pin<Box<Sleep>>,
     /// The deadline `sleep` is set for.
@@ -40,7 +45,9 @@ impl<T> TimerQueue<T> {
         match self.buckets.get_mut(&at_ms) {
             Some(bucket) => bucket.push(item),
             None => {
-                self.buckets.insert(at_ms, vec![item]);
+                let mut bucket = Bucket::new();
+                bucket.push(item);
+                self.buckets.insert(at_ms, bucket);
                 self.order.push(Reverse(at_ms));
             }
         }

@@ -5,9 +5,11 @@
 //! timer the battle now wants, publishes the notification, writes the store, evicts.
 
 use crate::battle::{
-    seen, Battle, EndReason, Participant, Response, StartSource, State, Timer, TimerKind,
+    seen, Battle, EndReason, Participant, Participants, Response, StartSource, State, Timer,
+    TimerKind,
 };
 use crate::event::{Created, Ended, Event, RoomInfo, Started};
+use smallvec::SmallVec;
 
 /// The tunable rules. Times are milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,7 +197,7 @@ fn step(
         fx.dirty = true;
     }
     if b.state == State::Ended && before != State::Ended {
-        b.closed_at_ms = Some(now_ms);
+        b.closed_at_ms = Some(now_ms).into();
     }
     arm(b, rules);
     Ok(fx)
@@ -214,14 +216,14 @@ pub fn apply_timer(b: &mut Battle, timer: Timer, now_ms: i64, rules: &Rules) -> 
         (TimerKind::PendingExpiry, State::Pending) => end(b, EndReason::NotStarted, at),
         (TimerKind::ResponseDeadline, State::AwaitingResponse) => {
             if accepted_any(b) {
-                let start = b.response_deadline_ms.unwrap_or(at);
+                let start = b.response_deadline_ms.get().unwrap_or(at);
                 run_from(b, start, StartSource::Predicted);
             } else {
                 end(b, EndReason::ResponseTimeout, at);
             }
         }
         (TimerKind::BattleEnd, State::Running) => {
-            let at = b.ends_at_ms.unwrap_or(at);
+            let at = b.ends_at_ms.get().unwrap_or(at);
             end(b, EndReason::TimeUp, at);
         }
         (TimerKind::Evict, State::Ended) => {
@@ -238,7 +240,7 @@ pub fn apply_timer(b: &mut Battle, timer: Timer, now_ms: i64, rules: &Rules) -> 
         }
     }
     if b.state == State::Ended {
-        b.closed_at_ms = Some(now_ms);
+        b.closed_at_ms = Some(now_ms).into();
     }
     b.version += 1;
     arm(b, rules);
@@ -263,9 +265,10 @@ pub fn wanted_timer(b: &Battle, rules: &Rules) -> Option<(TimerKind, i64)> {
         )),
         State::AwaitingResponse => b
             .response_deadline_ms
+            .get()
             .map(|d| (TimerKind::ResponseDeadline, d.saturating_add(grace))),
-        State::Running => b.ends_at_ms.map(|e| (TimerKind::BattleEnd, e)),
-        State::Ended => b.closed_at_ms.map(|c| {
+        State::Running => b.ends_at_ms.get().map(|e| (TimerKind::BattleEnd, e)),
+        State::Ended => b.closed_at_ms.get().map(|c| {
             (
                 TimerKind::Evict,
                 c.saturating_add(rules.retention_ms as i64),
@@ -309,15 +312,6 @@ fn precise(event_ms: Option<i64>, secs: Option<i64>) -> Option<i64> {
     }
 }
 
-fn set_if_none<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
-    if slot.is_none() && value.is_some() {
-        *slot = value;
-        true
-    } else {
-        false
-    }
-}
-
 fn set_if_changed<T: PartialEq>(slot: &mut Option<T>, value: Option<T>) -> bool {
     if value.is_some() && *slot != value {
         *slot = value;
@@ -335,25 +329,30 @@ fn on_created(b: &mut Battle, c: &Created, now_ms: i64, clamp: &dyn Fn(i64) -> i
     b.seen |= seen::CREATE;
     let at = clamp(c.event_time_ms.unwrap_or(now_ms));
     // Create is the best source for what it alone carries.
-    b.created_at_ms = Some(at);
-    b.operator = c.operator.as_deref().map(Into::into).or(b.operator.take());
-    b.extension_info = c
-        .extension_info
-        .as_deref()
-        .map(Into::into)
-        .or(b.extension_info.take());
-    b.need_response = c.need_response.or(b.need_response);
-    b.timeout_ms = c.timeout_ms.or(b.timeout_ms);
+    b.created_at_ms = Some(at).into();
+    if b.operator().is_none() && b.extension_info().is_none() {
+        b.set_texts(c.operator.as_deref(), c.extension_info.as_deref());
+    } else {
+        let operator = c.operator.as_deref().or(b.operator()).map(str::to_owned);
+        let extension_info = c
+            .extension_info
+            .as_deref()
+            .or(b.extension_info())
+            .map(str::to_owned);
+        b.set_texts(operator.as_deref(), extension_info.as_deref());
+    }
+    b.set_need_response(c.need_response.or(b.need_response()));
+    b.timeout_ms = c.timeout_ms.or(b.timeout_ms.get()).into();
     b.to_rooms = c.to_rooms.iter().map(|r| b.room_arc(r)).collect();
     if b.from_room.is_none() {
         b.from_room = c.from_room.as_deref().map(|r| b.room_arc(r));
     }
     if !later_news {
-        b.duration_ms = c.duration_ms.or(b.duration_ms);
+        b.duration_ms = c.duration_ms.or(b.duration_ms.get()).into();
     }
     let need_response = c.need_response == Some(true);
     if need_response {
-        b.response_deadline_ms = Some(at.saturating_add(c.timeout_ms.unwrap_or(0) as i64));
+        b.response_deadline_ms = Some(at.saturating_add(c.timeout_ms.unwrap_or(0) as i64)).into();
     }
     let mut rooms_changed = false;
     if !later_news {
@@ -399,12 +398,14 @@ fn on_started(b: &mut Battle, s: &Started, now_ms: i64, clamp: &dyn Fn(i64) -> i
     b.seen |= seen::START;
     let mut changed = true;
     if b.seen & seen::CREATE == 0 {
+        let mut created = b.created_at_ms.get();
         set_if_changed(
-            &mut b.created_at_ms,
+            &mut created,
             s.create_time_s.map(|t| clamp(t.saturating_mul(1000))),
         );
+        b.created_at_ms = created.into();
     }
-    b.duration_ms = s.duration_ms.or(b.duration_ms);
+    b.duration_ms = s.duration_ms.or(b.duration_ms.get()).into();
     let rooms_changed = if b.seen & seen::END == 0 {
         replace_members(b, s.from_room.as_ref(), &s.to_rooms)
     } else {
@@ -421,9 +422,9 @@ fn on_started(b: &mut Battle, s: &Started, now_ms: i64, clamp: &dyn Fn(i64) -> i
             }
         }
         State::Ended => {
-            b.started_at_ms = Some(start);
+            b.started_at_ms = Some(start).into();
             b.start_source = Some(StartSource::StartWebhook);
-            b.ends_at_ms = end_of(b);
+            b.ends_at_ms = end_of(b).into();
         }
     }
     Effects {
@@ -444,18 +445,20 @@ fn on_ended(b: &mut Battle, e: &Ended, now_ms: i64, clamp: &dyn Fn(i64) -> i64) 
     }
     b.seen |= seen::END;
     if b.seen & seen::CREATE == 0 {
+        let mut created = b.created_at_ms.get();
         set_if_changed(
-            &mut b.created_at_ms,
+            &mut created,
             e.create_time_s.map(|t| clamp(t.saturating_mul(1000))),
         );
+        b.created_at_ms = created.into();
     }
     if b.seen & seen::START == 0 {
-        b.duration_ms = e.duration_ms.or(b.duration_ms);
+        b.duration_ms = e.duration_ms.or(b.duration_ms.get()).into();
         if e.op_type != Some(2) && b.start_source < Some(StartSource::EndWebhook) {
             if let Some(s) = e.start_time_s.filter(|s| *s > 0) {
-                b.started_at_ms = Some(clamp(s.saturating_mul(1000)));
+                b.started_at_ms = Some(clamp(s.saturating_mul(1000))).into();
                 b.start_source = Some(StartSource::EndWebhook);
-                b.ends_at_ms = end_of(b);
+                b.ends_at_ms = end_of(b).into();
             }
         }
     }
@@ -466,7 +469,7 @@ fn on_ended(b: &mut Battle, e: &Ended, now_ms: i64, clamp: &dyn Fn(i64) -> i64) 
     end(b, reason, ended_at);
     // The End webhook is the authority on how the battle ended, even after the engine's own end.
     b.end_reason = Some(reason);
-    b.ended_at_ms = Some(ended_at);
+    b.ended_at_ms = Some(ended_at).into();
     Effects {
         change: Change::Update,
         late_ms: None,
@@ -600,18 +603,18 @@ fn accepted_any(b: &Battle) -> bool {
 /// Running from `start` (learned from `source`); a weaker source never overrides a stronger one.
 fn run_from(b: &mut Battle, start: i64, source: StartSource) {
     if b.start_source <= Some(source) {
-        b.started_at_ms = Some(start);
+        b.started_at_ms = Some(start).into();
         b.start_source = Some(source);
     }
-    b.ends_at_ms = end_of(b);
+    b.ends_at_ms = end_of(b).into();
     if b.state != State::Ended {
         b.state = State::Running;
     }
 }
 
 fn end_of(b: &Battle) -> Option<i64> {
-    let start = b.started_at_ms?;
-    Some(start.saturating_add(b.duration_ms? as i64))
+    let start = b.started_at_ms.get()?;
+    Some(start.saturating_add(b.duration_ms.get()? as i64))
 }
 
 /// Enters `ended` (if not already there) with the engine's own reason and time; the End webhook
@@ -623,7 +626,7 @@ fn end(b: &mut Battle, reason: EndReason, at_ms: i64) {
     b.state = State::Ended;
     if b.seen & seen::END == 0 {
         b.end_reason = Some(reason);
-        b.ended_at_ms = Some(at_ms);
+        b.ended_at_ms = Some(at_ms).into();
     }
 }
 
@@ -647,7 +650,7 @@ fn replace_members(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> 
     } else {
         // Rebuild in the callback's order, keeping what was known of each room.
         let old = std::mem::take(&mut b.participants);
-        let mut rebuilt: Vec<Participant> = Vec::with_capacity(listed().count());
+        let mut rebuilt = Participants::with_capacity(listed().count());
         for info in listed() {
             if rebuilt.iter().any(|p| *p.room_id == *info.room_id) {
                 continue;
@@ -669,30 +672,52 @@ fn replace_members(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> 
         b.participants = rebuilt;
         changed
     };
+    let mut owners: SmallVec<[(usize, &str); 2]> = SmallVec::new();
     for info in listed() {
-        if let Some(p) = b.participant_mut(&info.room_id) {
-            if let Some(o) = &info.owner_account {
-                if p.owner_account.as_deref() != Some(o.as_str()) {
-                    p.owner_account = Some(o.as_str().into());
-                }
-            }
-            if let Some(s) = info.score {
-                p.score = s;
+        let Some(i) = b
+            .participants
+            .iter()
+            .position(|p| *p.room_id == *info.room_id)
+        else {
+            continue;
+        };
+        if let Some(o) = &info.owner_account {
+            // The last one listed for a room wins.
+            owners.retain(|(j, _)| *j != i);
+            if b.owner_of(&b.participants[i]) != Some(o.as_str()) {
+                owners.push((i, o.as_str()));
             }
         }
+        if let Some(s) = info.score {
+            b.participants[i].score = s;
+        }
+    }
+    if !owners.is_empty() {
+        b.set_owners(&owners);
     }
     changed
 }
 
 /// Owners from a Start that came after End: End's membership and scores stand.
 fn fill_owners(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> bool {
+    let mut owners: SmallVec<[(usize, &str); 2]> = SmallVec::new();
     for info in from.into_iter().chain(to) {
-        if let Some(p) = b.participant_mut(&info.room_id) {
-            set_if_none(
-                &mut p.owner_account,
-                info.owner_account.as_deref().map(Into::into),
-            );
+        let Some(i) = b
+            .participants
+            .iter()
+            .position(|p| *p.room_id == *info.room_id)
+        else {
+            continue;
+        };
+        // Only an unknown owner is filled, by the first one listed.
+        if let Some(o) = &info.owner_account {
+            if b.owner_of(&b.participants[i]).is_none() && !owners.iter().any(|(j, _)| *j == i) {
+                owners.push((i, o.as_str()));
+            }
         }
+    }
+    if !owners.is_empty() {
+        b.set_owners(&owners);
     }
     false
 }

@@ -121,9 +121,14 @@ async fn flags_beat_env_beat_file() {
             "#
         ),
     );
+    // Its own data dir (removed below), not ./livebattle-data: a dir left by another build
+    // (another format version) must not decide this test.
+    let data_dir = file.parent().unwrap().join("data");
     let mut cmd = command();
     cmd.arg("--config")
         .arg(&file)
+        .arg("--data-dir")
+        .arg(&data_dir)
         .args(["--listen", "127.0.0.1:0", "--admin-token", "from-flag"])
         .env("LIVEBATTLE_ADMIN_TOKEN", "from-env")
         .env("LIVEBATTLE_BODY_LIMIT", "2000");

@@ -34,18 +34,17 @@ fn stored_battle(i: usize, now: i64) -> Battle {
     b.version = 2;
     b.seen = 3;
     b.from_room = Some(format!("room-a-{i}").into());
-    b.to_rooms = vec![format!("room-b-{i}").into()];
-    b.operator = Some("operator".into());
-    b.need_response = Some(false);
-    b.timeout_ms = Some(30_000);
-    b.duration_ms = Some(300_000);
-    b.extension_info = Some("extension pk".into());
-    b.created_at_ms = Some(now);
-    b.started_at_ms = Some(now);
-    b.ends_at_ms = Some(now + 60_000 + (i as i64 % 240_000));
+    b.to_rooms = vec![format!("room-b-{i}").into()].into();
+    b.set_texts(Some("operator"), Some("extension pk"));
+    b.set_need_response(Some(false));
+    b.timeout_ms = Some(30_000u64).into();
+    b.duration_ms = Some(300_000u64).into();
+    b.created_at_ms = Some(now).into();
+    b.started_at_ms = Some(now).into();
+    b.ends_at_ms = Some(now + 60_000 + (i as i64 % 240_000)).into();
     b.timer = Some(Timer {
         kind: TimerKind::BattleEnd,
-        at_ms: b.ends_at_ms.unwrap_or(now),
+        at_ms: b.ends_at_ms.get().unwrap_or(now),
         generation: 1,
     });
     b.generation = 1;

@@ -36,7 +36,7 @@ use redb::{
 };
 
 /// The version of the on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 
 /// The database file inside the data directory.
 pub const FILE_NAME: &str = "livebattle.redb";
