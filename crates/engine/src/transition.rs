@@ -84,6 +84,16 @@ pub struct Effects {
 }
 
 impl Effects {
+    /// A change to store, with or without a membership change.
+    fn stored(change: Change, rooms_changed: bool) -> Effects {
+        Effects {
+            change,
+            late_ms: None,
+            rooms_changed,
+            dirty: true,
+        }
+    }
+
     fn of(change: Change) -> Effects {
         Effects {
             change,
@@ -322,11 +332,10 @@ fn set_if_changed<T: PartialEq>(slot: &mut Option<T>, value: Option<T>) -> bool 
 }
 
 fn on_created(b: &mut Battle, c: &Created, now_ms: i64, clamp: &dyn Fn(i64) -> i64) -> Effects {
-    if b.seen & seen::CREATE != 0 {
+    if !first_delivery(b, seen::CREATE) {
         return Effects::of(Change::Duplicate);
     }
     let later_news = b.seen & (seen::START | seen::END) != 0;
-    b.seen |= seen::CREATE;
     let at = clamp(c.event_time_ms.unwrap_or(now_ms));
     // Create is the best source for what it alone carries.
     b.created_at_ms = Some(at).into();
@@ -383,19 +392,23 @@ fn on_created(b: &mut Battle, c: &Created, now_ms: i64, clamp: &dyn Fn(i64) -> i
             run_from(b, at, StartSource::Predicted);
         }
     }
-    Effects {
-        change: Change::Update,
-        late_ms: None,
-        rooms_changed,
-        dirty: true,
+    Effects::stored(Change::Update, rooms_changed)
+}
+
+/// Records that a Tencent battle callback is being applied; false when it was before (the
+/// dedupe rule: one of each command per battle).
+fn first_delivery(b: &mut Battle, command: u8) -> bool {
+    if b.seen & command != 0 {
+        return false;
     }
+    b.seen |= command;
+    true
 }
 
 fn on_started(b: &mut Battle, s: &Started, now_ms: i64, clamp: &dyn Fn(i64) -> i64) -> Effects {
-    if b.seen & seen::START != 0 {
+    if !first_delivery(b, seen::START) {
         return Effects::of(Change::Duplicate);
     }
-    b.seen |= seen::START;
     let mut changed = true;
     if b.seen & seen::CREATE == 0 {
         let mut created = b.created_at_ms.get();
@@ -427,23 +440,18 @@ fn on_started(b: &mut Battle, s: &Started, now_ms: i64, clamp: &dyn Fn(i64) -> i
             b.ends_at_ms = end_of(b).into();
         }
     }
-    Effects {
-        change: if changed {
-            Change::Update
-        } else {
-            Change::None
-        },
-        late_ms: None,
-        rooms_changed,
-        dirty: true,
-    }
+    let change = if changed {
+        Change::Update
+    } else {
+        Change::None
+    };
+    Effects::stored(change, rooms_changed)
 }
 
 fn on_ended(b: &mut Battle, e: &Ended, now_ms: i64, clamp: &dyn Fn(i64) -> i64) -> Effects {
-    if b.seen & seen::END != 0 {
+    if !first_delivery(b, seen::END) {
         return Effects::of(Change::Duplicate);
     }
-    b.seen |= seen::END;
     if b.seen & seen::CREATE == 0 {
         let mut created = b.created_at_ms.get();
         set_if_changed(
@@ -470,12 +478,7 @@ fn on_ended(b: &mut Battle, e: &Ended, now_ms: i64, clamp: &dyn Fn(i64) -> i64) 
     // The End webhook is the authority on how the battle ended, even after the engine's own end.
     b.end_reason = Some(reason);
     b.ended_at_ms = Some(ended_at).into();
-    Effects {
-        change: Change::Update,
-        late_ms: None,
-        rooms_changed,
-        dirty: true,
-    }
+    Effects::stored(Change::Update, rooms_changed)
 }
 
 fn on_response(b: &mut Battle, room: &str, accept: bool, now_ms: i64) -> Result<Effects, Refusal> {
@@ -507,12 +510,7 @@ fn on_response(b: &mut Battle, room: &str, accept: bool, now_ms: i64) -> Result<
     }
     p.response = Some(answer);
     settle_responses(b, now_ms);
-    Ok(Effects {
-        change: Change::Update,
-        late_ms: None,
-        rooms_changed,
-        dirty: true,
-    })
+    Ok(Effects::stored(Change::Update, rooms_changed))
 }
 
 fn on_room_left(b: &mut Battle, room: &str, reason: EndReason, now_ms: i64) -> Effects {
