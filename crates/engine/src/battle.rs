@@ -475,8 +475,14 @@ impl Battle {
             .unwrap_or_else(|| Arc::from(room))
     }
 
+    /// Where a room stands in `participants`.
+    pub(crate) fn participant_index(&self, room: &str) -> Option<usize> {
+        self.participants.iter().position(|p| &*p.room_id == room)
+    }
+
     pub(crate) fn participant_mut(&mut self, room: &str) -> Option<&mut Participant> {
-        self.participants.iter_mut().find(|p| &*p.room_id == room)
+        let i = self.participant_index(room)?;
+        self.participants.get_mut(i)
     }
 
     /// The public view of this battle at `server_time_ms`.

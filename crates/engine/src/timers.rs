@@ -25,7 +25,6 @@ pub(crate) struct TimerQueue<T> {
     sleep: Pin<Box<Sleep>>,
     /// The deadline `sleep` is set for.
     armed_for: Option<i64>,
-    len: usize,
 }
 
 impl<T> TimerQueue<T> {
@@ -35,13 +34,11 @@ impl<T> TimerQueue<T> {
             order: BinaryHeap::new(),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             armed_for: None,
-            len: 0,
         }
     }
 
     /// Queues `item` to come due at `at_ms` (Unix ms).
     pub(crate) fn insert(&mut self, at_ms: i64, item: T) {
-        self.len += 1;
         match self.buckets.get_mut(&at_ms) {
             Some(bucket) => bucket.push(item),
             None => {
@@ -53,12 +50,6 @@ impl<T> TimerQueue<T> {
         }
     }
 
-    /// How many entries are queued (stale ones included).
-    #[allow(dead_code)]
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
     /// Takes every entry due at `now_ms`, earliest deadline first, into `out`.
     pub(crate) fn take_due(&mut self, now_ms: i64, out: &mut Vec<(i64, T)>) {
         while let Some(&Reverse(at)) = self.order.peek() {
@@ -67,7 +58,6 @@ impl<T> TimerQueue<T> {
             }
             self.order.pop();
             if let Some(bucket) = self.buckets.remove(&at) {
-                self.len -= bucket.len();
                 out.extend(bucket.into_iter().map(|t| (at, t)));
             }
         }

@@ -672,11 +672,7 @@ fn replace_members(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> 
     };
     let mut owners: SmallVec<[(usize, &str); 2]> = SmallVec::new();
     for info in listed() {
-        let Some(i) = b
-            .participants
-            .iter()
-            .position(|p| *p.room_id == *info.room_id)
-        else {
+        let Some(i) = b.participant_index(&info.room_id) else {
             continue;
         };
         if let Some(o) = &info.owner_account {
@@ -700,11 +696,7 @@ fn replace_members(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> 
 fn fill_owners(b: &mut Battle, from: Option<&RoomInfo>, to: &[RoomInfo]) -> bool {
     let mut owners: SmallVec<[(usize, &str); 2]> = SmallVec::new();
     for info in from.into_iter().chain(to) {
-        let Some(i) = b
-            .participants
-            .iter()
-            .position(|p| *p.room_id == *info.room_id)
-        else {
+        let Some(i) = b.participant_index(&info.room_id) else {
             continue;
         };
         // Only an unknown owner is filled, by the first one listed.

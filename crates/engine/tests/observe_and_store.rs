@@ -157,14 +157,15 @@ async fn a_restart_rebuilds_battles_and_fires_overdue_timers_once_marked_late() 
     assert_eq!(rec.for_battle("later")[0].late_ms, Some(0));
 }
 
-/// A store that fails until told otherwise.
+/// A memory store whose writes can be made to fail, or to take a while (an fsync stall).
 #[derive(Clone, Default)]
-struct Flaky {
+struct TestStore {
     inner: MemoryStore,
     failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delay_ms: u64,
 }
 
-impl Store for Flaky {
+impl Store for TestStore {
     fn load(
         &self,
     ) -> livebattle_engine::store::BoxFuture<'_, Result<livebattle_engine::Loaded, StoreError>>
@@ -175,17 +176,20 @@ impl Store for Flaky {
         &self,
         ops: Vec<StoreOp>,
     ) -> livebattle_engine::store::BoxFuture<'_, Result<(), StoreError>> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            Box::pin(async { Err(StoreError("disk on fire".into())) })
-        } else {
-            self.inner.write(ops)
-        }
+        let delay = std::time::Duration::from_millis(self.delay_ms);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError("disk on fire".into()));
+            }
+            self.inner.write(ops).await
+        })
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn nothing_is_acknowledged_before_it_is_stored() {
-    let store = Flaky::default();
+    let store = TestStore::default();
     let e = builder().store(store.clone()).start().await.unwrap();
     store
         .failing
@@ -271,38 +275,12 @@ async fn the_memory_store_honours_the_store_contract() {
     .await;
 }
 
-/// A store whose every write takes `delay` (an fsync stall).
-#[derive(Clone, Default)]
-struct Slow {
-    inner: MemoryStore,
-    delay_ms: u64,
-}
-
-impl Store for Slow {
-    fn load(
-        &self,
-    ) -> livebattle_engine::store::BoxFuture<'_, Result<livebattle_engine::Loaded, StoreError>>
-    {
-        self.inner.load()
-    }
-    fn write(
-        &self,
-        ops: Vec<StoreOp>,
-    ) -> livebattle_engine::store::BoxFuture<'_, Result<(), StoreError>> {
-        let delay = std::time::Duration::from_millis(self.delay_ms);
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            self.inner.write(ops).await
-        })
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_slow_store_write_delays_acknowledgements_not_timers() {
     let rec = Recorder::default();
-    let store = Slow {
+    let store = TestStore {
         delay_ms: 700,
-        ..Slow::default()
+        ..TestStore::default()
     };
     let e = builder()
         .shards(1)

@@ -28,17 +28,18 @@ fn command() -> Command {
     cmd
 }
 
-/// The binary on an ephemeral port for the test app, with `extra` arguments.
+/// The binary on an ephemeral port for the test app, in memory, with `extra` arguments.
 fn serving(extra: &[&str]) -> Command {
+    let mut cmd = on_port(&["--in-memory"]);
+    cmd.args(extra);
+    cmd
+}
+
+/// The binary on an ephemeral port for the test app, with its storage arguments.
+fn on_port(storage: &[&str]) -> Command {
     let mut cmd = command();
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--sdk-app-id",
-        APP,
-        "--in-memory",
-    ])
-    .args(extra);
+    cmd.args(["--listen", "127.0.0.1:0", "--sdk-app-id", APP])
+        .args(storage);
     cmd
 }
 
@@ -235,18 +236,7 @@ async fn durable_by_default_survives_kill_9_and_refuses_a_second_process() {
     let dir = std::env::temp_dir().join(format!("livebattle-durable-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = dir.to_str().unwrap().to_string();
-    let durable = || {
-        let mut cmd = command();
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--sdk-app-id",
-            APP,
-            "--data-dir",
-            &data,
-        ]);
-        cmd
-    };
+    let durable = || on_port(&["--data-dir", &data]);
     let (mut child, base) = spawn(durable()).await;
     let server = Server::remote(base);
     let body = create("durable-1", "pk-3", &["pk-5"], 600_000, false);

@@ -317,9 +317,6 @@ fn apply(
                 notes.remove(k).map_err(|x| e(&x))?;
             }
         }
-        // A new kind of op this store does not know must not be silently dropped.
-        #[allow(unreachable_patterns)]
-        _ => return Err(StoreError("unsupported store operation".into())),
     }
     Ok(())
 }
