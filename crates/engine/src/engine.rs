@@ -225,9 +225,15 @@ impl EngineBuilder {
         for observer in self.observers {
             shared.hub.add_observer(observer);
         }
+        let is_shared = shared.store.shared().is_some();
         for shard in shards {
-            handles.push(tokio::spawn(shard.run()));
+            handles.push(if is_shared {
+                tokio::spawn(shard.run_shared())
+            } else {
+                tokio::spawn(shard.run())
+            });
         }
+        let follower = is_shared.then(|| tokio::spawn(follow(shared.clone(), senders.clone())));
         if stored > 0 {
             tracing::info!(
                 battles = stored,
@@ -241,6 +247,7 @@ impl EngineBuilder {
                 shared,
                 senders,
                 handles: Mutex::new(handles),
+                follower: Mutex::new(follower),
             }),
         })
     }
@@ -264,6 +271,63 @@ struct Inner {
     shared: Arc<Shared>,
     senders: Vec<mpsc::Sender<Command>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
+    /// The change-feed follower, on a shared store.
+    follower: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// On a shared store: follows every instance's commits in the store's order, brings each
+/// shard's replica up to date, then delivers the notifications (so a subscriber that reads
+/// after a notification sees at least that state). Redis down: not ready, and it tries again.
+async fn follow(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Command>>) {
+    let Some(store) = shared.store.shared() else {
+        return;
+    };
+    let n = senders.len();
+    let mut failing = false;
+    while !shared.stopping.load(Ordering::Relaxed) {
+        let changes = match store.follow().await {
+            Ok(changes) => changes,
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = %e, "following the shared store failed; retrying");
+                }
+                failing = true;
+                shared.store_healthy.store(false, Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!("following the shared store again");
+            failing = false;
+            shared.store_healthy.store(true, Ordering::Relaxed);
+        }
+        let mut per_shard: Vec<Vec<crate::store::Replicated>> = vec![Vec::new(); n];
+        let mut notes = Vec::new();
+        for c in changes {
+            match c {
+                crate::store::Replicated::Put(ref b) => per_shard[shard_of(&b.id, n)].push(c),
+                crate::store::Replicated::Evict(ref id, _) => per_shard[shard_of(id, n)].push(c),
+                crate::store::Replicated::Notify(note) => notes.push(*note),
+            }
+        }
+        let mut acks = Vec::new();
+        for (tx, changes) in senders.iter().zip(per_shard) {
+            if changes.is_empty() {
+                continue;
+            }
+            let (done, ack) = oneshot::channel();
+            if tx.send(Command::Replicate { changes, done }).await.is_ok() {
+                acks.push(ack);
+            }
+        }
+        for ack in acks {
+            let _ = ack.await;
+        }
+        if !notes.is_empty() {
+            shared.hub.deliver_followed(notes);
+        }
+    }
 }
 
 /// A running engine. Cheap to clone; every clone is the same engine.
@@ -508,6 +572,9 @@ impl Engine {
     /// Stops the shard tasks after the work already queued (and its store writes) is done.
     pub async fn shutdown(&self) {
         self.inner.shared.stopping.store(true, Ordering::Relaxed);
+        if let Some(f) = self.inner.follower.lock().ok().and_then(|mut f| f.take()) {
+            f.abort();
+        }
         for tx in &self.inner.senders {
             let (reply, rx) = oneshot::channel();
             if tx.send(Command::Shutdown { reply }).await.is_ok() {

@@ -39,5 +39,8 @@ pub use engine::{Applied, Engine, EngineBuilder, EngineError, Outcome};
 pub use event::{Cause, Created, Ended, Event, RoomDestroyed, RoomInfo, Started};
 pub use metrics::{Metrics, MetricsSnapshot, LATENESS_BUCKETS_MS};
 pub use notify::{Delivery, Filter, Notification, Observer, ResumeTooOld, Subscription, Target};
-pub use store::{EphemeralStore, Loaded, MemoryStore, Store, StoreError, StoreOp};
+pub use store::{
+    Claim, Commit, EphemeralStore, Fetched, Loaded, MemoryStore, Replicated, SharedStore, Store,
+    StoreError, StoreOp, Stored,
+};
 pub use transition::{Refusal, Rules};

@@ -244,7 +244,11 @@ impl Hub {
     pub(crate) fn deliver(&self, batch: Vec<Notification>) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for n in batch {
-            g.waiting.insert(n.seq, Some(n));
+            // (On a shared store the change feed may have delivered it already.)
+            if n.seq > g.last_seq {
+                g.reserved = g.reserved.max(n.seq);
+                g.waiting.insert(n.seq, Some(n));
+            }
         }
         self.drain(&mut g);
     }
@@ -268,6 +272,42 @@ impl Hub {
             if let Some(n) = entry {
                 self.deliver_one(g, &Arc::new(n));
             }
+        }
+    }
+
+    /// Delivers notifications from a shared store's change feed, which holds every instance's
+    /// notifications in `seq` order. A number already delivered is ignored. Whatever lower
+    /// number is still missing when a feed entry arrives can no longer come (the feed is in
+    /// order; it was trimmed past this follower): it is skipped, with a warning.
+    pub(crate) fn deliver_followed(&self, batch: Vec<Notification>) {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for n in batch {
+            if n.seq <= g.last_seq {
+                continue;
+            }
+            while let Some((&seq, _)) = g.waiting.first_key_value() {
+                if seq >= n.seq {
+                    break;
+                }
+                let entry = g.waiting.remove(&seq);
+                g.last_seq = seq;
+                if let Some(Some(w)) = entry {
+                    self.deliver_one(&mut g, &Arc::new(w));
+                }
+            }
+            if g.last_seq + 1 < n.seq {
+                if g.last_seq > 0 {
+                    tracing::warn!(
+                        from = g.last_seq + 1,
+                        to = n.seq - 1,
+                        "notifications missing from the shared store's feed; skipped"
+                    );
+                }
+                g.last_seq = n.seq - 1;
+            }
+            g.reserved = g.reserved.max(n.seq);
+            g.waiting.insert(n.seq, Some(n));
+            self.drain(&mut g);
         }
     }
 

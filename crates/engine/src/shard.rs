@@ -20,6 +20,8 @@ use crate::store::{Store, StoreOp};
 use crate::timers::TimerQueue;
 use crate::transition::{apply_event, apply_timer, Change, Effects, Rules};
 
+mod shared;
+
 /// A battle as the shard keeps it (boxed: the map's buckets stay small).
 pub(crate) struct Slot {
     pub(crate) battle: Box<Battle>,
@@ -51,6 +53,11 @@ pub(crate) enum Command {
     Apply {
         items: Vec<Routed>,
         reply: oneshot::Sender<Vec<Result<Applied, EngineError>>>,
+    },
+    /// Another instance's commits (shared store): bring the replica up to date, then answer.
+    Replicate {
+        changes: Vec<crate::store::Replicated>,
+        done: oneshot::Sender<()>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -88,6 +95,9 @@ pub(crate) struct Shard {
     writing: Option<Writing>,
     /// Metrics counted since the last flush (once per wake-up, before answering).
     delta: MetricsDelta,
+    /// Shared store: timers another instance holds the claim on, to look at again when its
+    /// lease ends (or when the store failed), with their original deadline.
+    rechecks: TimerQueue<(Arc<str>, Timer)>,
 }
 
 /// A batch whose store write is in progress.
@@ -120,6 +130,7 @@ impl Shard {
             retry_at: None,
             writing: None,
             delta: MetricsDelta::default(),
+            rechecks: TimerQueue::new(),
         };
         let mut evicted = evicted;
         evicted.sort_by_key(|(_, at)| *at);
@@ -185,6 +196,10 @@ impl Shard {
                                     .map(|(id, ev)| self.on_event(id, ev))
                                     .collect();
                                 self.replies.push((reply, results));
+                            }
+                            Command::Replicate { changes, done } => {
+                                self.replicate(changes);
+                                let _ = done.send(());
                             }
                             Command::Shutdown { reply } => closing = Some(reply),
                         }
@@ -395,23 +410,19 @@ impl Shard {
 
     /// The room index maps each room to the live battle it is in; ended battles let go.
     fn index_rooms(&self, b: &Battle) {
-        let rooms = &self.shared.rooms;
-        // Each distinct room once (participants usually repeat the caller and callees).
-        let listed = |r: &Arc<str>| b.from_room.as_ref() == Some(r) || b.to_rooms.contains(r);
-        let all = b.from_room.iter().chain(b.to_rooms.iter()).chain(
-            b.participants
-                .iter()
-                .map(|p| &p.room_id)
-                .filter(|r| !listed(r)),
-        );
         if b.state == State::Ended {
-            for r in all {
-                rooms.remove_if(&**r, |_, id| *id == b.id);
-            }
+            self.unindex_rooms(b);
         } else {
-            for r in all {
-                rooms.insert(r.clone(), b.id.clone());
+            for r in rooms_of(b) {
+                self.shared.rooms.insert(r.clone(), b.id.clone());
             }
+        }
+    }
+
+    /// Lets go of the battle's rooms (those still pointing at it).
+    fn unindex_rooms(&self, b: &Battle) {
+        for r in rooms_of(b) {
+            self.shared.rooms.remove_if(&**r, |_, id| *id == b.id);
         }
     }
 
@@ -613,6 +624,17 @@ impl Shard {
         }
         self.ops.push(op);
     }
+}
+
+/// Each distinct room of a battle once (participants usually repeat the caller and callees).
+fn rooms_of(b: &Battle) -> impl Iterator<Item = &Arc<str>> {
+    let listed = |r: &&Arc<str>| b.from_room.as_ref() == Some(*r) || b.to_rooms.contains(*r);
+    b.from_room.iter().chain(b.to_rooms.iter()).chain(
+        b.participants
+            .iter()
+            .map(|p| &p.room_id)
+            .filter(move |r| !listed(r)),
+    )
 }
 
 /// Answers the callers of a batch.

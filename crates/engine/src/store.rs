@@ -84,6 +84,85 @@ pub trait Store: Send + Sync + 'static {
     fn is_persistent(&self) -> bool {
         true
     }
+    /// The store's shared side when several engines (instances) work on it at once (Redis);
+    /// `None` for a store only this engine writes.
+    fn shared(&self) -> Option<&dyn SharedStore> {
+        None
+    }
+}
+
+/// A battle as a shared store holds it right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A live or retained battle.
+    Present(Box<Battle>),
+    /// Evicted; its id is remembered (dedupe) until this Unix ms.
+    Evicted(i64),
+    /// Never seen (or forgotten).
+    Absent,
+}
+
+/// A timer an engine wants to fire: it asks the shared store for the right to (a claim with a
+/// lease), so exactly one instance fires it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The battle.
+    pub battle_id: Arc<str>,
+    /// The timer's generation.
+    pub generation: u32,
+}
+
+/// What [`SharedStore::fetch`] answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// One per asked id, in order.
+    pub battles: Vec<Stored>,
+    /// One per claim, in order: `Ok(())` when this engine holds it now, `Err(ms)` when another
+    /// instance holds it for `ms` more.
+    pub claims: Vec<Result<(), u64>>,
+}
+
+/// What a [`SharedStore::commit`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Every op applied, atomically; the batch's notifications were numbered in order, the
+    /// last one with this `seq` (0 when the batch had none).
+    Done(u64),
+    /// Another instance changed one of these battles first: nothing was applied.
+    Conflict(Vec<Arc<str>>),
+}
+
+/// A change committed by any instance, in the store's one order (what followers replay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replicated {
+    /// A battle's new record.
+    Put(Box<Battle>),
+    /// A battle was evicted; dedupe until the Unix ms.
+    Evict(Arc<str>, i64),
+    /// A notification, with its store-assigned `seq`.
+    Notify(Box<Notification>),
+}
+
+/// The extra side of a store several engines share: each engine keeps a replica of every
+/// battle (for queries, subscriptions and its timer queue), reads the stored records before it
+/// applies events to them, commits with compare-and-set, claims timers before firing them, and
+/// follows every instance's commits in one order. `seq`s are assigned by the store.
+pub trait SharedStore: Send + Sync {
+    /// The stored state of `ids` (in order), and claims on due timers (a lease), in one round
+    /// trip.
+    fn fetch(
+        &self,
+        ids: Vec<Arc<str>>,
+        claims: Vec<Claim>,
+    ) -> BoxFuture<'_, Result<Fetched, StoreError>>;
+    /// Applies a batch atomically if every `Put`'s expected version still holds (else applies
+    /// nothing and names the conflicting battles); numbers its `Notify` ops that come with
+    /// `seq` 0 (one engine-wide sequence for every instance).
+    fn commit(&self, ops: Vec<StoreOp>) -> BoxFuture<'_, Result<Commit, StoreError>>;
+    /// The next committed changes after the last ones returned (the first call continues from
+    /// where [`Store::load`] read); waits up to about a second, and returns empty if nothing
+    /// came.
+    fn follow(&self) -> BoxFuture<'_, Result<Vec<Replicated>, StoreError>>;
 }
 
 /// The compare-and-set rule every store applies to a `Put`: the stored version must be the
@@ -113,6 +192,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn is_persistent(&self) -> bool {
         (**self).is_persistent()
+    }
+    fn shared(&self) -> Option<&dyn SharedStore> {
+        (**self).shared()
     }
 }
 
