@@ -132,6 +132,27 @@ pub struct Cli {
     #[arg(long, env = "LIVEBATTLE_IN_MEMORY", conflicts_with = "data_dir")]
     pub in_memory: bool,
 
+    /// Share battles with other livebattle instances through Redis (redis://host:port[/db]):
+    /// battles, timers, dedupe and the event feed live there; every instance serves every
+    /// battle. Replaces --data-dir. See docs/operations.md "Several instances". File key: store.
+    #[arg(
+        long,
+        env = "LIVEBATTLE_STORE",
+        value_name = "URL",
+        conflicts_with_all = ["data_dir", "in_memory"]
+    )]
+    pub store: Option<String>,
+
+    /// The Redis key namespace (hash tag) of this deployment [default: livebattle]. File key:
+    /// redis_namespace.
+    #[arg(long, env = "LIVEBATTLE_REDIS_NAMESPACE", value_name = "NAME")]
+    pub redis_namespace: Option<String>,
+
+    /// How long an instance's claim on a due timer holds before another instance may fire it
+    /// (if the first died), in ms [default: 1000]. File key: redis_lease_ms.
+    #[arg(long, env = "LIVEBATTLE_REDIS_LEASE_MS", value_name = "MS")]
+    pub redis_lease_ms: Option<u64>,
+
     /// Engine shard tasks [default: number of CPUs]. File key: shards.
     #[arg(long, env = "LIVEBATTLE_SHARDS", value_name = "N")]
     pub shards: Option<usize>,
@@ -206,6 +227,9 @@ pub struct FileConfig {
     log_format: Option<LogFormat>,
     in_memory: Option<bool>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
+    redis_namespace: Option<String>,
+    redis_lease_ms: Option<u64>,
     shards: Option<usize>,
     pending_ttl_secs: Option<u64>,
     dedupe_horizon_secs: Option<u64>,
@@ -231,6 +255,15 @@ pub enum Storage {
     InMemory,
     /// Durable, in this directory (the redb store).
     DataDir(PathBuf),
+    /// Shared with other instances, in Redis.
+    Redis {
+        /// `redis://host:port[/db]`.
+        url: String,
+        /// The key namespace (hash tag).
+        namespace: String,
+        /// Timer claim lease, ms.
+        lease_ms: u64,
+    },
 }
 
 /// The resolved configuration the server runs with.
@@ -346,7 +379,26 @@ impl Config {
         let defaults = Config::default();
         let ingest_defaults = IngestConfig::default();
         let in_memory = cli.in_memory || (cli.data_dir.is_none() && file.in_memory == Some(true));
-        let storage = if in_memory {
+        let redis = cli
+            .store
+            .clone()
+            .or_else(|| (!cli.in_memory && cli.data_dir.is_none()).then(|| file.store.clone())?);
+        let storage = if let Some(url) = redis {
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return Err(ConfigError::Invalid(format!(
+                    "store: {url:?} is not a redis:// URL (the only shared store)"
+                )));
+            }
+            Storage::Redis {
+                url,
+                namespace: cli
+                    .redis_namespace
+                    .clone()
+                    .or(file.redis_namespace.clone())
+                    .unwrap_or_else(|| "livebattle".into()),
+                lease_ms: cli.redis_lease_ms.or(file.redis_lease_ms).unwrap_or(1_000),
+            }
+        } else if in_memory {
             Storage::InMemory
         } else {
             Storage::DataDir(
@@ -604,6 +656,19 @@ mod tests {
         assert_eq!(one(&[], ""), Storage::DataDir(DEFAULT_DATA_DIR.into()));
         assert_eq!(one(&["--in-memory"], ""), Storage::InMemory);
         assert_eq!(one(&[], "in_memory = true"), Storage::InMemory);
+        assert_eq!(
+            one(&["--store", "redis://r:6379"], "redis_lease_ms = 500"),
+            Storage::Redis {
+                url: "redis://r:6379".into(),
+                namespace: "livebattle".into(),
+                lease_ms: 500
+            }
+        );
+        assert_eq!(
+            one(&["--in-memory"], "store = \"redis://r\""),
+            Storage::InMemory,
+            "a flag beats the file"
+        );
         assert_eq!(
             one(&["--data-dir", "/d"], "in_memory = true"),
             Storage::DataDir("/d".into()),

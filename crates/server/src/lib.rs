@@ -42,6 +42,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use livebattle_engine::{Engine, EngineError};
 use livebattle_store_redb::RedbStore;
+use livebattle_store_redis::{RedisOptions, RedisStore};
 use tokio::net::TcpListener;
 
 pub use config::{Cli, Config, ConfigError, LogFormat, Storage, DEFAULT_DATA_DIR};
@@ -150,12 +151,30 @@ pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
     if let Some(n) = config.shards {
         builder = builder.shards(n);
     }
-    if let Storage::DataDir(dir) = &config.storage {
-        let store = RedbStore::open(dir).map_err(EngineError::Store)?;
-        tracing::info!(path = %store.path().display(), "durable storage");
-        builder = builder.store(store);
-    } else {
-        tracing::warn!("in-memory storage: a restart forgets every battle");
+    match &config.storage {
+        Storage::DataDir(dir) => {
+            let store = RedbStore::open(dir).map_err(EngineError::Store)?;
+            tracing::info!(path = %store.path().display(), "durable storage");
+            builder = builder.store(store);
+        }
+        Storage::Redis {
+            url,
+            namespace,
+            lease_ms,
+        } => {
+            let options = RedisOptions {
+                namespace: namespace.clone(),
+                lease_ms: *lease_ms,
+                replay: config.replay_capacity,
+                ..RedisOptions::default()
+            };
+            let store = connect_redis(url, options).await?;
+            tracing::info!(%url, %namespace, "shared storage in Redis");
+            builder = builder.store(store);
+        }
+        Storage::InMemory => {
+            tracing::warn!("in-memory storage: a restart forgets every battle");
+        }
     }
     let started = std::time::Instant::now();
     let engine = builder.start().await?;
@@ -165,6 +184,26 @@ pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
         "engine ready"
     );
     Ok(engine)
+}
+
+/// Connects to Redis, waiting for it while it is down (the instance is not ready meanwhile); a
+/// namespace written by another layout version is refused at once.
+async fn connect_redis(url: &str, options: RedisOptions) -> Result<RedisStore, EngineError> {
+    RedisStore::check_url(url).map_err(EngineError::Store)?;
+    let mut logged = false;
+    loop {
+        match RedisStore::connect(url, options.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if e.0.contains("layout version") => return Err(EngineError::Store(e)),
+            Err(e) => {
+                if !logged {
+                    tracing::error!(error = %e, "Redis is not answering; waiting for it");
+                    logged = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// Runs the server on `listener` until `shutdown` resolves; then stops accepting, ends the SSE

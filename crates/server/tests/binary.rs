@@ -14,20 +14,6 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_livebattle");
-
-fn command() -> Command {
-    let mut cmd = Command::new(BIN);
-    // Start from a clean slate whatever the outer environment holds.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("LIVEBATTLE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn").kill_on_drop(true);
-    cmd
-}
-
 /// The binary on an ephemeral port for the test app, in memory, with `extra` arguments.
 fn serving(extra: &[&str]) -> Command {
     let mut cmd = on_port(&["--in-memory"]);
@@ -41,24 +27,6 @@ fn on_port(storage: &[&str]) -> Command {
     cmd.args(["--listen", "127.0.0.1:0", "--sdk-app-id", APP])
         .args(storage);
     cmd
-}
-
-/// Starts the binary and reads the address from its first stdout line.
-async fn spawn(mut cmd: Command) -> (Child, String) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("the binary prints its address")
-        .unwrap()
-        .expect("a line on stdout");
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, format!("http://{addr}"))
 }
 
 fn temp_file(name: &str, text: &str) -> PathBuf {

@@ -169,6 +169,13 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// Whether `url` is a Redis URL this client can use (without connecting).
+    pub fn check_url(url: &str) -> Result<(), StoreError> {
+        redis::Client::open(url)
+            .map(|_| ())
+            .map_err(|e| StoreError(format!("redis {url}: not a usable Redis URL: {e}")))
+    }
+
     /// This instance's name in timer claims.
     pub fn instance(&self) -> &str {
         &self.inner.instance

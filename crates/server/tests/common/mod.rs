@@ -14,6 +14,8 @@ use livebattle_server::{serve, Config, ServeError};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -377,4 +379,39 @@ impl Sse {
             }
         }
     }
+}
+
+/// The real `livebattle` binary of this build.
+pub const BIN: &str = env!("CARGO_BIN_EXE_livebattle");
+
+/// A command for the binary, free of any outer `LIVEBATTLE_*` setting.
+pub fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    // Start from a clean slate whatever the outer environment holds.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LIVEBATTLE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "warn").kill_on_drop(true);
+    cmd
+}
+
+/// Starts the binary and reads the address from its first stdout line.
+pub async fn spawn(mut cmd: Command) -> (Child, String) {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the binary prints its address")
+        .unwrap()
+        .expect("a line on stdout");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, format!("http://{addr}"))
 }
