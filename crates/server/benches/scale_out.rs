@@ -1,0 +1,236 @@
+//! Webhook throughput of the real `livebattle` binary: one instance on the embedded durable
+//! store (redb) beside 1, 2 and 3 instances sharing one Redis, in the same run, driven by the
+//! same load spread round-robin over the instances.
+//!
+//! `cargo bench -p livebattle-server --bench scale_out` (LIVEBATTLE_BENCH_SMOKE=1: a short run).
+//! Options after `--`: `--seconds N` per setup (default 10), `--connections N` (default 128),
+//! `--redis URL` (default redis://127.0.0.1:6379).
+//!
+//! Each connection posts signed Tencent callbacks over keep-alive: a Create (NeedResponse false,
+//! 10 min) then an End for the same fresh battle, again and again; battles of one connection go
+//! to one instance, connections are spread round-robin. Requests/s counts HTTP 200 replies;
+//! latency is per request, client side. Client, instances and Redis share this machine.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_livebattle");
+const APP: &str = "1400000001";
+const TOKEN: &str = "bench-token";
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn signed_query(command: &str) -> String {
+    let t = (now_ms() / 1000).to_string();
+    let sign = hex::encode(Sha256::digest(format!("{TOKEN}{t}")));
+    format!(
+        "SdkAppid={APP}&CallbackCommand={command}&contenttype=json&ClientIP=127.0.0.1&OptPlatform=RESTAPI&Sign={sign}&RequestTime={t}"
+    )
+}
+
+/// Starts one instance with `storage` arguments; returns it and its base URL.
+async fn instance(storage: &[String]) -> (Child, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .args(["--listen", "127.0.0.1:0", "--sdk-app-id", APP, "--token", TOKEN])
+        .args(storage)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("the livebattle binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .expect("it prints its address")
+    .expect("stdout readable")
+    .expect("a line");
+    let addr = line
+        .strip_prefix("listening on ")
+        .expect("a listening line")
+        .to_owned();
+    (child, format!("http://{addr}"))
+}
+
+struct Totals {
+    ok: u64,
+    errors: u64,
+    latencies_us: Vec<u64>,
+}
+
+async fn drive(bases: &[String], label: &str, seconds: u64, connections: usize) -> (Totals, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let stop = stop.clone();
+        let url = format!("{}/callback", bases[c % bases.len()]);
+        let label = label.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("client");
+            let mut t = Totals {
+                ok: 0,
+                errors: 0,
+                latencies_us: Vec::new(),
+            };
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("{label}-{c}-{i}");
+                i += 1;
+                let at = now_ms();
+                let create = format!(
+                    r#"{{"CallbackCommand":"Live.CallbackAfterCreateBattle","Operator_Account":"op","BattleId":"{id}","FromRoomId":"a-{id}","ToRoomIdList":["b-{id}"],"Timeout":30000,"Duration":600000,"NeedResponse":false,"ExtensionInfo":"bench","EventTime":{at}}}"#
+                );
+                let end = format!(
+                    r#"{{"CallbackCommand":"Live.CallbackAfterEndBattle","BattleId":"{id}","Duration":600000,"CreateTime":{s},"StartTime":{s},"EndTime":{s},"OpType":1,"FromRoomInfo":{{"RoomId":"a-{id}","Score":1,"Owner_Account":"x"}},"ToRoomList":[{{"RoomId":"b-{id}","Score":2,"Owner_Account":"y"}}],"EventTime":{at}}}"#,
+                    s = at / 1000
+                );
+                for (command, body) in [
+                    ("Live.CallbackAfterCreateBattle", create),
+                    ("Live.CallbackAfterEndBattle", end),
+                ] {
+                    let sent = Instant::now();
+                    let reply = client
+                        .post(format!("{url}?{}", signed_query(command)))
+                        .body(body)
+                        .send()
+                        .await;
+                    match reply {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            t.ok += 1;
+                            t.latencies_us.push(sent.elapsed().as_micros() as u64);
+                        }
+                        _ => t.errors += 1,
+                    }
+                }
+            }
+            t
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Totals {
+        ok: 0,
+        errors: 0,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        if let Ok(t) = task.await {
+            all.ok += t.ok;
+            all.errors += t.errors;
+            all.latencies_us.extend(t.latencies_us);
+        }
+    }
+    all.latencies_us.sort_unstable();
+    (all, started.elapsed().as_secs_f64())
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+async fn setup(label: &str, storages: Vec<Vec<String>>, seconds: u64, connections: usize) -> f64 {
+    let mut children = Vec::new();
+    let mut bases = Vec::new();
+    for s in &storages {
+        let (child, base) = instance(s).await;
+        children.push(child);
+        bases.push(base);
+    }
+    let (t, secs) = drive(&bases, label, seconds, connections).await;
+    for mut c in children {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    let rate = t.ok as f64 / secs;
+    println!(
+        "{label:>16}: {rate:>8.0} webhooks/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} ok, {} errors, {connections} connections, {secs:.1} s)",
+        pct(&t.latencies_us, 0.50),
+        pct(&t.latencies_us, 0.99),
+        pct(&t.latencies_us, 1.0),
+        t.ok,
+        t.errors,
+    );
+    rate
+}
+
+fn main() {
+    let smoke = std::env::var("LIVEBATTLE_BENCH_SMOKE").is_ok_and(|v| v == "1");
+    let seconds: u64 = arg("--seconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 10 });
+    let connections: usize = arg("--connections")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if smoke { 8 } else { 128 });
+    let redis = arg("--redis").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let dir = std::env::temp_dir().join(format!("livebattle-scale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let embedded = vec!["--data-dir".to_owned(), dir.display().to_string()];
+        let single = setup("embedded (redb)", vec![embedded], seconds, connections).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        for n in 1..=3usize {
+            let ns = format!("bench-{}-{}-{n}", std::process::id(), now_ms());
+            let on_redis = vec![
+                "--store".to_owned(),
+                redis.clone(),
+                "--redis-namespace".to_owned(),
+                ns.clone(),
+            ];
+            let label = format!("redis x{n}");
+            let rate = setup(&label, vec![on_redis; n], seconds, connections).await;
+            println!(
+                "{:>16}  {:.0}% of the embedded instance",
+                "",
+                100.0 * rate / single.max(1.0)
+            );
+            clear(&redis, &ns).await;
+        }
+    });
+}
+
+/// Deletes a namespace's keys (a redis-cli call; the bench leaves nothing behind).
+async fn clear(url: &str, ns: &str) {
+    let keys = [
+        "format", "battles", "versions", "timers", "evicted", "claims", "seq", "feed",
+    ]
+    .map(|k| format!("{{{ns}}}:{k}"));
+    let _ = Command::new("redis-cli")
+        .args(["-u", url, "DEL"])
+        .args(&keys)
+        .stdout(Stdio::null())
+        .status()
+        .await;
+}
