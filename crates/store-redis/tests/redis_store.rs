@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use livebattle_engine::{
-    Cause, Created, Delivery, Engine, Event, Filter, Outcome, Started, State, Store, Target,
+    Cause, Created, Delivery, Engine, Event, Filter, Outcome, Rules, Started, State, Store, Target,
 };
 use livebattle_store_redis::{RedisOptions, RedisStore};
 
@@ -78,6 +78,10 @@ fn created(id: &str, now: i64, duration_ms: u64) -> Event {
 
 async fn start_engine(store: RedisStore) -> Engine {
     Engine::builder()
+        .rules(Rules {
+            retention_ms: 1_500,
+            ..Rules::default()
+        })
         .shards(2)
         .store(store)
         .replay_capacity(1_000)
@@ -181,6 +185,25 @@ async fn two_engines_share_battles_timers_and_one_notification_order() {
         .collect();
     assert_eq!(ends.len(), n, "each battle ended exactly once: {ends:?}");
     assert!(ends.iter().all(|(_, _, _, c)| *c == Cause::EndTimer));
+
+    // Retention over: one instance evicts, both forget the record, and both still know the id
+    // (a late duplicate changes nothing, whichever instance it reaches).
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    for i in 0..n {
+        let id = format!("battle-{i}");
+        assert_eq!(a.battle(&id), None, "{id} evicted on A");
+        assert_eq!(b.battle(&id), None, "{id} evicted on B");
+        let engine = if i % 2 == 0 { &a } else { &b };
+        let late = engine
+            .apply(created(&id, now, 1_500))
+            .await
+            .expect("late create");
+        assert_eq!(
+            late.outcome,
+            Outcome::Evicted,
+            "{id}: the dedupe memory is shared"
+        );
+    }
     a.shutdown().await;
     b.shutdown().await;
     a_store.clear().await.unwrap();
