@@ -51,7 +51,14 @@ async fn instance(storage: &[String]) -> (Child, String) {
     let mut cmd = Command::new(BIN);
     cmd.env("RUST_LOG", "error")
         .kill_on_drop(true)
-        .args(["--listen", "127.0.0.1:0", "--sdk-app-id", APP, "--token", TOKEN])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--sdk-app-id",
+            APP,
+            "--token",
+            TOKEN,
+        ])
         .args(storage)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
