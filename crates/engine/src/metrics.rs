@@ -27,7 +27,7 @@ pub struct Metrics {
 
 /// A shard's counts since its last flush into the shared [`Metrics`]: plain integers, so an
 /// event costs no atomic operation; the shard adds them up once per wake-up (before it answers).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct MetricsDelta {
     by_state: [i64; 4],
     by_cause: [u64; Cause::ALL.len()],

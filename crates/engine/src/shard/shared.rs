@@ -148,6 +148,8 @@ impl Shard {
             for (id, stored) in ids.iter().zip(&fetched.battles) {
                 self.adopt(id, stored);
             }
+            // What the round counts (events, changes, timers) counts only if it is committed.
+            let counted = self.delta.clone();
             let results: Vec<Vec<Result<Applied, EngineError>>> = pending
                 .iter()
                 .map(|(items, _)| {
@@ -215,6 +217,7 @@ impl Shard {
                 }
                 Err(e) => {
                     self.rollback(&ids, &fetched.battles);
+                    self.delta = counted;
                     self.failed(pending, &due, e);
                     return;
                 }
