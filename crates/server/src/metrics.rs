@@ -189,6 +189,14 @@ pub fn prometheus_text(state: &AppState) -> String {
     }
     let _ = writeln!(out, "{name}_sum {}", m.lateness_sum_ms);
     let _ = writeln!(out, "{name}_count {count}");
+    let name = "livebattle_timer_lateness_max_ms";
+    family(
+        &mut out,
+        name,
+        "gauge",
+        "The latest any timer fired since the process started, in ms after its deadline.",
+    );
+    let _ = writeln!(out, "{name} {}", m.lateness_max_ms);
 
     let gauges = [
         (
