@@ -24,7 +24,7 @@ use crate::metrics::{IngestMetrics, RequestOutcome};
 use crate::payload::{parse_payload, Action};
 use crate::query::CallbackQuery;
 use crate::reply::{Reason, Refusal, TencentReply};
-use crate::signature::{body_too_large, shorten, Authorized, Verifier};
+use crate::signature::{body_too_large, shorten_cow, Authorized, Verifier};
 
 /// Where [`Ingest::router`] mounts the handler.
 pub const CALLBACK_PATH: &str = "/callback";
@@ -179,13 +179,22 @@ impl Ingest {
     ) -> Result<Authorized, Refusal> {
         let query = CallbackQuery::parse(raw_query)?;
         let span = tracing::Span::current();
+        let recording = !span.is_disabled();
         if let Some(c) = query.callback_command.as_deref().filter(|c| !c.is_empty()) {
             *command = Some(Command::parse(c));
-            span.record("command", shorten(c));
+            if recording {
+                span.record("command", &*shorten_cow(c));
+            }
         }
-        span.record("sdk_app_id", query.sdk_app_id.as_deref().map(shorten));
-        span.record("client_ip", query.client_ip.as_deref().map(shorten));
-        span.record("opt_platform", query.opt_platform.as_deref().map(shorten));
+        if recording {
+            for (field, value) in [
+                ("sdk_app_id", &query.sdk_app_id),
+                ("client_ip", &query.client_ip),
+                ("opt_platform", &query.opt_platform),
+            ] {
+                span.record(field, value.as_deref().map(shorten_cow).as_deref());
+            }
+        }
         self.inner
             .verifier
             .authorize(&query, self.inner.engine.now_ms())

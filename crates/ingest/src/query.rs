@@ -6,6 +6,8 @@
 //! ignoring ASCII case and `WebhookCommand` stands in for a missing `CallbackCommand`. Unknown
 //! keys are ignored. A key given twice with different values is refused as ambiguous.
 
+use std::borrow::Cow;
+
 use crate::reply::{Reason, Refusal};
 
 /// The parameters of one callback URL, percent-decoded. Absent parameters are `None`.
@@ -49,7 +51,7 @@ impl CallbackQuery {
     pub fn parse(raw: &str) -> Result<CallbackQuery, Refusal> {
         let mut q = CallbackQuery::default();
         let mut webhook_command: Option<String> = None;
-        for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        for (key, value) in pairs(raw) {
             let slot = if key.eq_ignore_ascii_case("WebhookCommand") {
                 &mut webhook_command
             } else {
@@ -75,6 +77,7 @@ impl CallbackQuery {
         Ok(q)
     }
 
+    #[inline]
     fn slot(&mut self, i: usize) -> &mut Option<String> {
         match i {
             0 => &mut self.sdk_app_id,
@@ -86,6 +89,25 @@ impl CallbackQuery {
             _ => &mut self.request_time,
         }
     }
+}
+
+/// The `key=value` pairs of `raw`, decoded exactly as `application/x-www-form-urlencoded`
+/// (`form_urlencoded::parse`: `&`-separated, empty pieces skipped, `+` is a space,
+/// percent-escapes decoded, invalid UTF-8 replaced). A piece with neither `%` nor `+` (every
+/// piece of a usual Tencent URL) needs no decoding and is borrowed as is: no allocation, no
+/// UTF-8 re-validation.
+fn pairs(raw: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    raw.split('&').filter(|p| !p.is_empty()).map(|piece| {
+        if piece.bytes().any(|b| b == b'%' || b == b'+') {
+            // Rare: decode this one piece the standard way.
+            form_urlencoded::parse(piece.as_bytes())
+                .next()
+                .unwrap_or((Cow::Borrowed(""), Cow::Borrowed("")))
+        } else {
+            let (key, value) = piece.split_once('=').unwrap_or((piece, ""));
+            (Cow::Borrowed(key), Cow::Borrowed(value))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -137,6 +159,42 @@ mod tests {
         assert!(e.info.contains("SdkAppId"), "{}", e.info);
         let q = CallbackQuery::parse("SdkAppid=1&SDKAPPID=1").unwrap();
         assert_eq!(q.sdk_app_id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn pairs_decode_like_form_urlencoded() {
+        for raw in [
+            "SdkAppid=1400000001&CallbackCommand=Live.CallbackAfterStartBattle&contenttype=json",
+            "a=b&&c=d&",
+            "a&b=&=c",
+            "k=v=w",
+            "a+b=c+d&e%20f=g%2Bh",
+            "x=%zz&y=%&z=%e9",
+            "ClientIP=%3A%3A1&OptPlatform=RESTAPI",
+            "é=ü&%C3%A9=%C3%BC",
+            "",
+        ] {
+            let ours: Vec<(String, String)> = pairs(raw)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let reference: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            assert_eq!(ours, reference, "{raw:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pairs_match_form_urlencoded_on_any_input(raw in "[a-zA-Z0-9%+=&é .:-]{0,40}") {
+            let ours: Vec<(String, String)> = pairs(&raw)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let reference: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            proptest::prop_assert_eq!(ours, reference);
+        }
     }
 
     #[test]

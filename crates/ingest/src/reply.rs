@@ -213,14 +213,22 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
+/// The OK reply's bytes, sent without serializing anything.
+const OK_JSON: &str = r#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
+
 fn json_response(status: StatusCode, reply: &TencentReply) -> Response {
+    let body = if *reply == TencentReply::ok() {
+        axum::body::Body::from(OK_JSON)
+    } else {
+        axum::body::Body::from(reply.to_json())
+    };
     (
         status,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        reply.to_json(),
+        body,
     )
         .into_response()
 }
@@ -241,6 +249,11 @@ impl IntoResponse for Refusal {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn the_static_ok_body_is_the_serialized_ok_reply() {
+        assert_eq!(OK_JSON, TencentReply::ok().to_json());
+    }
 
     #[test]
     fn ok_reply_is_tencents() {

@@ -4,7 +4,7 @@
 //! the router's templates (unmatched paths count as `unmatched`), methods outside the usual
 //! ones count as `other`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -23,28 +23,66 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// HTTP requests by route template, method and status.
 #[derive(Debug, Default)]
 pub struct HttpMetrics {
-    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    /// Keyed by the route's index in [`crate::ROUTES`] (the usual case: no allocation, no
+    /// string comparison in the map), or by the route's text for any other label.
+    requests: Mutex<HashMap<(RouteKey, &'static str, u16), u64>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum RouteKey {
+    Known(usize),
+    Unmatched,
+    Other(Box<str>),
+}
+
+impl RouteKey {
+    fn of(route: &str) -> RouteKey {
+        if route == UNMATCHED_ROUTE {
+            return RouteKey::Unmatched;
+        }
+        match crate::ROUTES.iter().position(|(_, path)| *path == route) {
+            Some(i) => RouteKey::Known(i),
+            None => RouteKey::Other(route.into()),
+        }
+    }
+
+    fn label(&self) -> &str {
+        match self {
+            RouteKey::Known(i) => crate::ROUTES.get(*i).map_or(UNMATCHED_ROUTE, |(_, p)| p),
+            RouteKey::Unmatched => UNMATCHED_ROUTE,
+            RouteKey::Other(r) => r,
+        }
+    }
 }
 
 impl HttpMetrics {
     /// Counts one request.
     pub fn record(&self, route: &str, method: &Method, status: u16) {
+        self.record_key(RouteKey::of(route), method, status);
+    }
+
+    fn record_key(&self, route: RouteKey, method: &Method, status: u16) {
+        let key = (route, method_label(method), status);
         let mut map = self
             .requests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (route.to_owned(), method_label(method), status);
         *map.entry(key).or_insert(0) += 1;
     }
 
-    /// `(route, method, status, count)` for every non-zero counter.
+    /// `(route, method, status, count)` for every non-zero counter, sorted.
     pub fn snapshot(&self) -> Vec<(String, &'static str, u16, u64)> {
         let map = self
             .requests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.iter()
-            .map(|((r, m, s), n)| (r.clone(), *m, *s, *n))
+        let sorted: BTreeMap<(String, &'static str, u16), u64> = map
+            .iter()
+            .map(|((r, m, s), n)| ((r.label().to_owned(), *m, *s), *n))
+            .collect();
+        sorted
+            .into_iter()
+            .map(|((r, m, s), n)| (r, m, s, n))
             .collect()
     }
 }
@@ -69,12 +107,13 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| UNMATCHED_ROUTE.to_owned(), |p| p.as_str().to_owned());
+        .map_or(RouteKey::Unmatched, |p| RouteKey::of(p.as_str()));
     let response = next.run(request).await;
     let status = response.status();
     state
         .http_metrics()
-        .record(&route, &method, status.as_u16());
+        .record_key(route.clone(), &method, status.as_u16());
+    let route = route.label();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status.is_server_error() {
         tracing::warn!(%method, route, status = status.as_u16(), elapsed_ms, "request failed");
