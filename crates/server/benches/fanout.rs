@@ -1,0 +1,426 @@
+//! SSE fan-out of the real release `livebattle` process (in memory): how long after a webhook's
+//! acknowledgement each subscriber receives the notification.
+//!
+//! ```sh
+//! cargo bench -p livebattle-server --bench fanout                          # 10,000 on one battle; 100,000 battles
+//! LIVEBATTLE_BENCH_SMOKE=1 cargo bench -p livebattle-server --bench fanout # 200 and 1,000, a few seconds
+//! cargo bench -p livebattle-server --bench fanout -- --subscribers 5000 --battles 20000 --rounds 10
+//! ```
+//!
+//! * **One battle, many subscribers**: `--subscribers` (10,000) raw-TCP SSE clients on
+//!   `GET /v1/battles/fan-1/events`, each waiting for its initial snapshot. Then, one at a time:
+//!   the battle's Create (NeedResponse true), Start and End webhooks, and between Start and End
+//!   `--rounds` (5) admin score updates (`POST /v1/battles/fan-1/scores`). For every change, every
+//!   subscriber's receipt instant minus the instant the HTTP reply (the ack) reached the sender.
+//!   The next change is sent once every subscriber received the previous one.
+//! * **Many battles, one subscriber each**: `--battles` (100,000) clients, client i on
+//!   `GET /v1/battles/b{i}/events`; then one Create webhook per battle, closed-loop over 64
+//!   connections; per battle, receipt minus that battle's ack. The bench tries to raise its own
+//!   open-file limit and the server's with `ulimit -n` (re-executing itself through `sh`); where
+//!   the hard limit cannot be raised (a container without CAP_SYS_RESOURCE), at most
+//!   `limit - 2000` subscribers are connected at once (`--wave`): the battles are taken in
+//!   waves, each wave's subscribers connect, its Creates are sent, its subscribers leave, and
+//!   the battles stay. Clients bind to source addresses 127.0.0.2–127.0.0.9 in turn, so the
+//!   sockets that waves leave in TIME_WAIT never exhaust one address's ephemeral ports.
+//!
+//! Negative figures mean the event arrived before the ack did (the server publishes before it
+//! replies). Exits non-zero only if a subscriber missed an event; targets are printed.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::sync::mpsc;
+
+/// Opens `count` SSE clients on `path_of(i)` (at most `parallel` connecting at once), each
+/// reading its snapshot and then `expect` battle events, sending `(i, k, receipt)` for each.
+/// Returns once all are subscribed (snapshot read).
+async fn subscribe_all(
+    addr: SocketAddr,
+    count: usize,
+    expect: usize,
+    sources: &[IpAddr],
+    path_of: impl Fn(usize) -> String,
+    tx: mpsc::UnboundedSender<(usize, usize, Instant)>,
+) -> (usize, Vec<tokio::task::JoinHandle<()>>) {
+    let ready = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(count);
+    let parallel = Arc::new(tokio::sync::Semaphore::new(512));
+    let started = Instant::now();
+    for i in 0..count {
+        let path = path_of(i);
+        let source = if sources.is_empty() {
+            None
+        } else {
+            Some(sources[i % sources.len()])
+        };
+        let (ready, failed, tx, parallel) =
+            (ready.clone(), failed.clone(), tx.clone(), parallel.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = parallel.acquire_owned().await;
+            let mut client = None;
+            for attempt in 0..5 {
+                match SseClient::connect(addr, source, &path).await {
+                    Ok(c) => {
+                        client = Some(c);
+                        break;
+                    }
+                    Err(e) => {
+                        if attempt == 4 {
+                            eprintln!("subscriber {i}: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            let Some(mut client) = client else {
+                failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            match client.next().await {
+                Some(e) if e.name == "snapshot" => {}
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            drop(permit);
+            ready.fetch_add(1, Ordering::Relaxed);
+            let mut k = 0;
+            while k < expect {
+                match client.next().await {
+                    Some(e) if e.name == "battle" => {
+                        let _ = tx.send((i, k, e.at));
+                        k += 1;
+                    }
+                    Some(_) => {} // a lagged snapshot: not expected here
+                    None => break,
+                }
+            }
+        }));
+        if i % 5_000 == 4_999 {
+            tokio::task::yield_now().await;
+        }
+    }
+    loop {
+        let done = ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+        if done >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "  {} subscribers ready in {:.1} s ({} failed)",
+        ready.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed)
+    );
+    (ready.load(Ordering::Relaxed), tasks)
+}
+
+fn summary(label: &str, lat_us: &mut [i64]) {
+    lat_us.sort_unstable();
+    println!(
+        "  {label}: {} samples, ack -> receipt p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, min {:.2} ms (target p99 <= 50 ms)",
+        lat_us.len(),
+        pct(lat_us, 0.50) as f64 / 1000.0,
+        pct(lat_us, 0.99) as f64 / 1000.0,
+        pct(lat_us, 0.999) as f64 / 1000.0,
+        pct(lat_us, 1.0) as f64 / 1000.0,
+        pct(lat_us, 0.0) as f64 / 1000.0,
+    );
+}
+
+fn signed_post(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    command: &str,
+    body: String,
+) -> reqwest::RequestBuilder {
+    client
+        .post(format!("http://{addr}/callback?{}", query(command)))
+        .body(body)
+}
+
+/// Part one: `subs` subscribers on one battle.
+async fn one_battle(server: &Server, subs: usize, rounds: usize) -> bool {
+    let addr = server.addr;
+    let id = "fan-1";
+    let changes = 3 + rounds;
+    println!("one battle, {subs} subscribers, {changes} changes (Create, Start, {rounds} score updates, End):");
+    let rss0 = server.rss();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sources: Vec<IpAddr> = (2..=9)
+        .map(|d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)))
+        .collect();
+    let (ready, tasks) = subscribe_all(
+        addr,
+        subs,
+        changes,
+        &sources,
+        |_| format!("/v1/battles/{id}/events"),
+        tx,
+    )
+    .await;
+    let rss1 = server.rss();
+    println!(
+        "  server VmRSS {:.1} -> {:.1} MiB with the subscribers ({:.1} KiB per subscriber)",
+        rss0 as f64 / 1048576.0,
+        rss1 as f64 / 1048576.0,
+        rss1.saturating_sub(rss0) as f64 / 1024.0 / subs.max(1) as f64
+    );
+    let client = reqwest::Client::new();
+    let t = now_ms();
+    let (cs, ss) = (t / 1000, t / 1000);
+    let rooms_start = format!(
+        r#""FromRoomInfo":{{"RoomId":"a-{id}","Owner_Account":"x"}},"ToRoomList":[{{"RoomId":"b-{id}","Owner_Account":"y"}}]"#
+    );
+    let mut webhook_lat = Vec::new();
+    let mut admin_lat = Vec::new();
+    let mut ok = true;
+    for k in 0..changes {
+        let request = if k == 0 {
+            signed_post(
+                &client,
+                addr,
+                CREATE,
+                create_body(id, now_ms(), 600_000, true),
+            )
+        } else if k == 1 {
+            signed_post(
+                &client,
+                addr,
+                START,
+                format!(
+                    r#"{{"CallbackCommand":"{START}","BattleId":"{id}","Duration":600000,"CreateTime":{cs},"StartTime":{ss},{rooms_start},"EventTime":{}}}"#,
+                    now_ms()
+                ),
+            )
+        } else if k == changes - 1 {
+            signed_post(
+                &client,
+                addr,
+                END,
+                format!(
+                    r#"{{"CallbackCommand":"{END}","BattleId":"{id}","Duration":600000,"CreateTime":{cs},"StartTime":{ss},"EndTime":{},"OpType":1,"FromRoomInfo":{{"RoomId":"a-{id}","Score":10,"Owner_Account":"x"}},"ToRoomList":[{{"RoomId":"b-{id}","Score":20,"Owner_Account":"y"}}],"EventTime":{}}}"#,
+                    now_ms() / 1000,
+                    now_ms()
+                ),
+            )
+        } else {
+            client
+                .post(format!("http://{addr}/v1/battles/{id}/scores"))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"scores":[{{"room_id":"a-{id}","score":{k}}},{{"room_id":"b-{id}","score":{}}}]}}"#,
+                    2 * k
+                ))
+        };
+        let reply = request.send().await;
+        let acked = Instant::now();
+        match reply {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                eprintln!("change {k}: HTTP {}", r.status());
+                ok = false;
+                continue;
+            }
+            Err(e) => {
+                eprintln!("change {k}: {e}");
+                ok = false;
+                continue;
+            }
+        }
+        let mut got = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while got < ready {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((_, kk, at))) => {
+                    if kk != k {
+                        eprintln!("a subscriber's event {kk} arrived during change {k}");
+                    }
+                    let us = if at >= acked {
+                        (at - acked).as_micros() as i64
+                    } else {
+                        -((acked - at).as_micros() as i64)
+                    };
+                    if k == 0 || k == 1 || k == changes - 1 {
+                        webhook_lat.push(us);
+                    } else {
+                        admin_lat.push(us);
+                    }
+                    got += 1;
+                }
+                _ => break,
+            }
+        }
+        if got < ready {
+            eprintln!("change {k}: only {got} of {ready} subscribers received it");
+            ok = false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    summary("webhooks (Create, Start, End)", &mut webhook_lat);
+    summary("admin score updates", &mut admin_lat);
+    let mut all: Vec<i64> = webhook_lat.iter().chain(&admin_lat).copied().collect();
+    summary("all changes", &mut all);
+    for t in tasks {
+        t.abort();
+    }
+    ok && ready == subs
+}
+
+/// Part two: `n` battles, one subscriber each, at most `wave` subscribers connected at once
+/// (battles `w*wave ..` get their subscribers, then their Creates, then the subscribers leave;
+/// the battles stay, so the server holds all `n` at the end).
+async fn many_battles(server: &Server, n: usize, wave: usize) -> bool {
+    let addr = server.addr;
+    let wave = wave.clamp(1, n.max(1));
+    println!(
+        "{n} battles, one subscriber each, in {} waves of at most {wave} concurrent subscribers:",
+        n.div_ceil(wave)
+    );
+    let sources: Vec<IpAddr> = (2..=9)
+        .map(|d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)))
+        .collect();
+    let mut lat = Vec::new();
+    let (mut all_errors, mut all_missed) = (0, 0);
+    let mut first = 0;
+    while first < n {
+        let count = wave.min(n - first);
+        let rss0 = server.rss();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (ready, tasks) = subscribe_all(
+            addr,
+            count,
+            1,
+            &sources,
+            move |i| format!("/v1/battles/b{}/events", first + i),
+            tx,
+        )
+        .await;
+        let rss1 = server.rss();
+        println!(
+            "  battles {first}..{}: server VmRSS {:.1} -> {:.1} MiB with the subscribers ({:.1} KiB per subscriber)",
+            first + count,
+            rss0 as f64 / 1048576.0,
+            rss1 as f64 / 1048576.0,
+            rss1.saturating_sub(rss0) as f64 / 1024.0 / count.max(1) as f64
+        );
+        let collector = tokio::spawn(async move {
+            let mut got = vec![None; count];
+            let mut received = 0;
+            while received < ready {
+                match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+                    Ok(Some((i, _, at))) => {
+                        got[i] = Some(at);
+                        received += 1;
+                    }
+                    _ => break,
+                }
+            }
+            got
+        });
+        let started = Instant::now();
+        let (ok, errors, acks) = post_all(
+            addr,
+            count,
+            64,
+            move |i| {
+                (
+                    CREATE,
+                    create_body(&format!("b{}", first + i), now_ms(), 600_000, false),
+                )
+            },
+            true,
+        )
+        .await;
+        let secs = started.elapsed().as_secs_f64();
+        let got = collector.await.unwrap_or_default();
+        let mut missed = 0;
+        let before = lat.len();
+        for (ack, at) in acks.iter().zip(&got) {
+            match (ack, at) {
+                (Some(ack), Some(at)) => lat.push(if at >= ack {
+                    (*at - *ack).as_micros() as i64
+                } else {
+                    -((*ack - *at).as_micros() as i64)
+                }),
+                _ => missed += 1,
+            }
+        }
+        let mut this: Vec<i64> = lat[before..].to_vec();
+        this.sort_unstable();
+        println!(
+            "    {ok} Creates acknowledged ({errors} errors) in {secs:.1} s ({:.0}/s); {missed} without ack and receipt; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ok as f64 / secs,
+            pct(&this, 0.5) as f64 / 1000.0,
+            pct(&this, 0.99) as f64 / 1000.0,
+            pct(&this, 1.0) as f64 / 1000.0,
+        );
+        for t in tasks {
+            t.abort();
+        }
+        all_errors += errors;
+        all_missed += missed;
+        first += count;
+        // Let the server notice the closed streams.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "  server VmRSS at the end {:.1} MiB, {n} battles live; {all_missed} battles without both an ack and a receipt",
+        server.rss() as f64 / 1048576.0
+    );
+    summary("Create webhooks, all waves", &mut lat);
+    all_errors == 0 && all_missed == 0
+}
+
+fn main() -> std::process::ExitCode {
+    let smoke = smoke();
+    let subs: usize = arg("--subscribers").unwrap_or(if smoke { 200 } else { 10_000 });
+    let battles: usize = arg("--battles").unwrap_or(if smoke { 1_000 } else { 100_000 });
+    let rounds: usize = arg("--rounds").unwrap_or(5);
+    let nofile = (subs.max(battles) as u64 + 10_000).max(65_536);
+    ensure_nofile(nofile);
+    let limit = nofile_limit().unwrap_or(1024);
+    // Each subscriber is one descriptor here and one in the server, whose limit is the same:
+    // keep room for the webhook connections and the rest.
+    let wave: usize = arg("--wave").unwrap_or((limit as usize).saturating_sub(2_000).max(100));
+    println!(
+        "fanout: open-file limit {limit} (wanted {nofile}), so at most {wave} subscribers at once; ephemeral ports {}",
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap_or_default()
+            .trim()
+            .replace('\t', "-")
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let log = std::env::temp_dir().join(format!("livebattle-fanout-{}.log", std::process::id()));
+    let mut all_ok = true;
+    if subs > 0 {
+        let server = Server::start(&[], nofile, &log);
+        println!("server pid {} on {}", server.pid, server.addr);
+        all_ok &= rt.block_on(one_battle(&server, subs, rounds));
+        server.stop();
+    }
+    if battles > 0 {
+        let server = Server::start(&[], nofile, &log);
+        println!("server pid {} on {}", server.pid, server.addr);
+        all_ok &= rt.block_on(many_battles(&server, battles, wave));
+        server.stop();
+    }
+    let _ = std::fs::remove_file(&log);
+    if all_ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
