@@ -102,6 +102,10 @@ async fn subscribe_all(
                     None => break,
                 }
             }
+            // Stay connected until the bench aborts the task: a subscriber that hung up at once
+            // would make the server and this process tear down its connection while the others
+            // are still receiving.
+            std::future::pending::<()>().await;
         }));
         if i % 5_000 == 4_999 {
             tokio::task::yield_now().await;
@@ -264,6 +268,25 @@ async fn one_battle(server: &Server, subs: usize, rounds: usize) -> bool {
             eprintln!("change {k}: only {got} of {ready} subscribers received it");
             ok = false;
         }
+        let all = if k == 0 || k == 1 || k == changes - 1 {
+            &webhook_lat
+        } else {
+            &admin_lat
+        };
+        let mut this: Vec<i64> = all[all.len() - got..].to_vec();
+        this.sort_unstable();
+        println!(
+            "    change {k} ({}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            match k {
+                0 => "Create webhook",
+                1 => "Start webhook",
+                _ if k == changes - 1 => "End webhook",
+                _ => "admin scores",
+            },
+            pct(&this, 0.5) as f64 / 1000.0,
+            pct(&this, 0.99) as f64 / 1000.0,
+            pct(&this, 1.0) as f64 / 1000.0
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     summary("webhooks (Create, Start, End)", &mut webhook_lat);

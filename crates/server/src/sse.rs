@@ -84,17 +84,66 @@ enum Item {
 impl Item {
     fn into_event(self) -> Option<Event> {
         let (name, seq, data) = match &self {
-            Item::Snapshot(s) => (SNAPSHOT_EVENT, s.seq, serde_json::to_string(s)),
-            Item::Battle(n) => (BATTLE_EVENT, n.seq, serde_json::to_string(&**n)),
+            Item::Snapshot(s) => (
+                SNAPSHOT_EVENT,
+                s.seq,
+                serde_json::to_string(s).map(Into::into),
+            ),
+            Item::Battle(n) => (BATTLE_EVENT, n.seq, serialized(n)),
         };
         match data {
-            Ok(data) => Some(Event::default().event(name).id(seq.to_string()).data(data)),
+            Ok(data) => Some(
+                Event::default()
+                    .event(name)
+                    .id(seq.to_string())
+                    .data(&*data),
+            ),
             Err(e) => {
                 tracing::error!(seq, error = %e, "could not serialise an SSE event");
                 None
             }
         }
     }
+}
+
+/// How many recent notifications keep their JSON for the streams that have yet to send them.
+const SERIALIZED_SLOTS: usize = 256;
+
+/// The JSON of recent notifications, by `seq % SERIALIZED_SLOTS`: every stream that sends a
+/// notification (10,000 subscribers of one battle all send the same one) shares one
+/// serialization. A slot holds the notification weakly and matches by identity, so streams of
+/// different engines in one process never share an entry, and a freed notification misses.
+struct SerializedCache {
+    slots: Vec<std::sync::Mutex<Option<Serialized>>>,
+}
+
+/// A notification (held weakly) and its JSON.
+type Serialized = (std::sync::Weak<Notification>, Arc<str>);
+
+fn serialized_cache() -> &'static SerializedCache {
+    static CACHE: std::sync::OnceLock<SerializedCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| SerializedCache {
+        slots: (0..SERIALIZED_SLOTS)
+            .map(|_| std::sync::Mutex::new(None))
+            .collect(),
+    })
+}
+
+/// `n` as JSON, serialized once for every stream that sends it.
+fn serialized(n: &Arc<Notification>) -> Result<Arc<str>, serde_json::Error> {
+    let slot = &serialized_cache().slots[(n.seq % SERIALIZED_SLOTS as u64) as usize];
+    if let Ok(guard) = slot.lock() {
+        if let Some((weak, json)) = &*guard {
+            if std::ptr::eq(weak.as_ptr(), Arc::as_ptr(n)) && weak.strong_count() > 0 {
+                return Ok(json.clone());
+            }
+        }
+    }
+    let json: Arc<str> = serde_json::to_string(&**n)?.into();
+    if let Ok(mut guard) = slot.lock() {
+        *guard = Some((Arc::downgrade(n), json.clone()));
+    }
+    Ok(json)
 }
 
 /// Counts open SSE streams (the `livebattle_sse_streams` gauge).
@@ -321,6 +370,37 @@ mod tests {
         assert!(!small.truncated);
         assert_eq!(small.battles.len(), 1);
         engine.shutdown().await;
+    }
+
+    async fn first_notification(engine: &Engine, id: &str) -> Arc<Notification> {
+        let mut subscription = engine.subscribe(Filter::All);
+        engine.apply(created(id)).await.unwrap();
+        match subscription.next().await {
+            Some(Delivery::Notification(n)) => n,
+            other => panic!("expected a notification, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_share_one_serialization_per_notification_and_never_across_engines() {
+        let (one, two) = (
+            Engine::builder().start().await.unwrap(),
+            Engine::builder().start().await.unwrap(),
+        );
+        let n1 = first_notification(&one, "engine-one").await;
+        let n2 = first_notification(&two, "engine-two").await;
+        assert_eq!(n1.seq, n2.seq, "same seq, different notifications");
+        let (a, b) = (serialized(&n1).unwrap(), serialized(&n1).unwrap());
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second stream reuses the first one's JSON"
+        );
+        assert_eq!(*a, serde_json::to_string(&*n1).unwrap());
+        let c = serialized(&n2).unwrap();
+        assert!(c.contains("engine-two") && !c.contains("engine-one"));
+        assert!(serialized(&n1).unwrap().contains("engine-one"));
+        one.shutdown().await;
+        two.shutdown().await;
     }
 
     #[tokio::test]
