@@ -4,7 +4,9 @@
 //!
 //! `cargo bench -p livebattle-server --bench webhooks` (LIVEBATTLE_BENCH_SMOKE=1: a short run).
 //! Options after `--`: `--seconds N` per run (default 10), `--connections N` (default 128),
-//! `--no-half` (skip the rate-limited runs), `--only bare|in-memory|durable` (one mode).
+//! `--no-half` (skip the rate-limited runs), `--only bare|in-memory|durable` (one mode),
+//! `--rounds N` (repeat the closed-loop runs N times, modes interleaved; the summary takes the
+//! medians; the half-rate runs are in the first round).
 //! Profiling: `--serve bare|in-memory` runs one server until SIGTERM; `--drive ADDR --requests N`
 //! sends exactly N requests to it (docs/benchmarks.md has the callgrind recipe).
 //!
@@ -195,6 +197,9 @@ async fn bare_callback(body: Bytes) -> Response {
     }
 }
 
+/// A mode's label, its rounds' (max req/s, req/CPU-s), and its half-rate p99.
+type ModeRounds = (&'static str, Vec<(f64, f64)>, Option<f64>);
+
 #[derive(Clone)]
 enum Mode {
     Bare,
@@ -376,44 +381,59 @@ fn main() -> std::process::ExitCode {
         rt.block_on(drive_fixed(addr, requests, connections));
         return std::process::ExitCode::SUCCESS;
     }
+    let rounds: usize = arg("--rounds").unwrap_or(1);
     rt.block_on(async {
-        let mut results: Vec<(&str, f64, f64, Option<f64>)> = Vec::new();
-        if wanted("bare") {
-            let (max, per_cpu, p99) = mode(Mode::Bare, "bare", seconds, connections, half).await;
-            results.push(("bare", max, per_cpu, p99));
+        // Per mode: (max req/s, req/CPU-s, half-rate p99) of each round, modes interleaved so a
+        // busy neighbour weighs on each alike. Half-rate runs in the first round only.
+        let mut per_mode: Vec<ModeRounds> = Vec::new();
+        let dir = std::env::temp_dir().join(format!("livebattle-bench-{}", std::process::id()));
+        for round in 0..rounds.max(1) {
+            if rounds > 1 {
+                println!("round {}", round + 1);
+            }
+            for label in ["bare", "in-memory", "durable"] {
+                if !wanted(label) {
+                    continue;
+                }
+                let m = match label {
+                    "bare" => Mode::Bare,
+                    "in-memory" => Mode::Livebattle(Storage::InMemory),
+                    _ => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        Mode::Livebattle(Storage::DataDir(dir.clone()))
+                    }
+                };
+                let (max, per_cpu, p99) =
+                    mode(m, label, seconds, connections, half && round == 0).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                match per_mode.iter_mut().find(|r| r.0 == label) {
+                    Some(r) => r.1.push((max, per_cpu)),
+                    None => per_mode.push((label, vec![(max, per_cpu)], p99)),
+                }
+            }
         }
-        if wanted("in-memory") {
-            let (max, per_cpu, p99) = mode(
-                Mode::Livebattle(Storage::InMemory),
-                "in-memory",
-                seconds,
-                connections,
-                half,
-            )
-            .await;
-            results.push(("in-memory", max, per_cpu, p99));
-        }
-        if wanted("durable") {
-            let dir =
-                std::env::temp_dir().join(format!("livebattle-bench-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            let (max, per_cpu, p99) = mode(
-                Mode::Livebattle(Storage::DataDir(dir.clone())),
-                "durable",
-                seconds,
-                connections,
-                half,
-            )
-            .await;
-            let _ = std::fs::remove_dir_all(&dir);
-            results.push(("durable", max, per_cpu, p99));
-        }
+        let median = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+            let mut x: Vec<f64> = v.iter().map(f).collect();
+            x.sort_by(f64::total_cmp);
+            x.get(x.len() / 2).copied().unwrap_or(0.0)
+        };
+        let results: Vec<(&str, f64, f64, Option<f64>)> = per_mode
+            .iter()
+            .map(|(l, v, p99)| (*l, median(v, |r| r.0), median(v, |r| r.1), *p99))
+            .collect();
         let bare = results
             .iter()
             .find(|r| r.0 == "bare")
             .map(|r| (r.1, r.2))
             .filter(|b| b.0 > 0.0);
-        println!("summary:");
+        println!(
+            "summary{}:",
+            if rounds > 1 {
+                format!(" (median of {rounds} rounds)")
+            } else {
+                String::new()
+            }
+        );
         for (label, max, per_cpu, p99) in &results {
             let target = match *label {
                 "in-memory" => " (target >= 85%)",
