@@ -9,13 +9,17 @@
 #
 # Knobs (environment):
 #   SOAK_SECS (600)           total length; battles are created for SOAK_SECS - 200 s, then the
-#                             longest ones (up to 180 s + quirks) finish
-#   SOAK_RATE (2500)          new battles per second (each ≈ 3.3 webhooks with the default mix)
-#   SOAK_RETENTION_SECS (60)  the server's --retention-secs
+#                             longest ones (up to 120 s + quirks) finish
+#   SOAK_RATE (1000)          new battles per second (each ≈ 2.9 webhooks with the default mix)
+#   SOAK_RETENTION_SECS (150) the server's --retention-secs. Keep it above the longest battle: a
+#                             battle the server ended itself (response_timeout) is evicted
+#                             retention after that, and Tencent's End for it, which may come up
+#                             to a battle's length later, would then find it gone (the simulator
+#                             reports a mismatch: 404 instead of the End's reason)
 #   SOAK_STORAGE (durable)    durable (a temp --data-dir) or memory (--in-memory)
 #   SOAK_SAMPLE_SECS (10)     RSS sampling interval
 #   SOAK_OUT                  where the samples and the simulator's summary go (a temp file)
-#   SOAK_MIN_MS/SOAK_MAX_MS   battle Duration range (60000..180000)
+#   SOAK_MIN_MS/SOAK_MAX_MS   battle Duration range (30000..120000)
 #   SOAK_CREATE_SECS          how long new battles are created (SOAK_SECS - 200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +29,8 @@ if [ "${LIVEBATTLE_BENCH_SMOKE:-}" = 1 ]; then
   sample="${SOAK_SAMPLE_SECS:-2}"; min_ms="${SOAK_MIN_MS:-1000}"; max_ms="${SOAK_MAX_MS:-3000}"
   create_secs=$((secs - 8))
 else
-  secs="${SOAK_SECS:-600}"; rate="${SOAK_RATE:-2500}"; retention="${SOAK_RETENTION_SECS:-60}"
-  sample="${SOAK_SAMPLE_SECS:-10}"; min_ms="${SOAK_MIN_MS:-60000}"; max_ms="${SOAK_MAX_MS:-180000}"
+  secs="${SOAK_SECS:-600}"; rate="${SOAK_RATE:-1000}"; retention="${SOAK_RETENTION_SECS:-150}"
+  sample="${SOAK_SAMPLE_SECS:-10}"; min_ms="${SOAK_MIN_MS:-30000}"; max_ms="${SOAK_MAX_MS:-120000}"
   create_secs=$((secs - 200))
 fi
 create_secs="${SOAK_CREATE_SECS:-$create_secs}"

@@ -46,17 +46,9 @@ mod common;
 
 use common::{arg, flag, http_client, now_ms, query, APP, TOKEN};
 
-/// CPU seconds (user + system, every thread) this process has used: `/proc/self/stat`.
+/// CPU seconds (user + system, every thread) this process has used.
 fn process_cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ
+    common::cpu_s(std::process::id())
 }
 
 fn loadavg() -> String {

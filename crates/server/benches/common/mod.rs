@@ -132,6 +132,17 @@ pub fn vm(pid: u32, key: &str) -> u64 {
         * 1024
 }
 
+/// CPU seconds (user + system) a process has used: `/proc/PID/stat`.
+pub fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
 /// The release `livebattle` binary cargo built for this bench.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_livebattle"))
