@@ -21,6 +21,9 @@
 #   SOAK_OUT                  where the samples and the simulator's summary go (a temp file)
 #   SOAK_MIN_MS/SOAK_MAX_MS   battle Duration range (30000..120000)
 #   SOAK_CREATE_SECS          how long new battles are created (SOAK_SECS - 200)
+#   SOAK_SERVER_ARGS          more livebattle flags, e.g. "--dedupe-horizon-secs 60" (evicted
+#                             ids are remembered for an hour by default: their memory grows
+#                             with every eviction until then)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,7 +65,7 @@ trap cleanup EXIT
 storage_args=(--data-dir "$work/data")
 [ "$storage" = memory ] && storage_args=(--in-memory)
 "$target/release/livebattle" --listen 127.0.0.1:0 --sdk-app-id "$app" --token "$token" \
-  --retention-secs "$retention" --response-grace-ms 3000 "${storage_args[@]}" \
+  --retention-secs "$retention" --response-grace-ms 3000 "${storage_args[@]}" ${SOAK_SERVER_ARGS:-} \
   >"$work/stdout" 2>"$work/server.log" &
 server_pid=$!
 addr=""
@@ -74,7 +77,7 @@ done
 [ -n "$addr" ] || { echo "soak: livebattle did not start" >&2; cat "$work/server.log" >&2; exit 1; }
 
 {
-  echo "# soak: $(date -u +%FT%TZ), storage=$storage, rate=$rate battles/s for ${create_secs} s, durations ${min_ms}..${max_ms} ms, retention ${retention} s, $(nproc) CPUs"
+  echo "# soak: $(date -u +%FT%TZ), storage=$storage, rate=$rate battles/s for ${create_secs} s, durations ${min_ms}..${max_ms} ms, retention ${retention} s, server flags: ${SOAK_SERVER_ARGS:-none}, $(nproc) CPUs"
   echo "# elapsed_s  rss_mib  battles_live  battles_ended  evicted_total  events_total"
 } >"$out"
 metric() { sed -n "s/^$1 //p" "$work/metrics" | head -n 1; }
