@@ -474,12 +474,18 @@ fn send_keyed(
     }
 }
 
+/// The largest buffer of a per-battle or per-room channel (a subscriber further behind on one
+/// battle or room is told it lagged).
+const KEYED_CAPACITY: usize = 64;
+
 fn keyed_receiver(
     map: &DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
     key: &str,
     capacity: usize,
 ) -> broadcast::Receiver<Arc<Notification>> {
+    // One battle or room has few notifications in flight: a small ring per key keeps many
+    // per-battle streams cheap (each slot is reserved up front).
     map.entry(key.into())
-        .or_insert_with(|| broadcast::channel(capacity).0)
+        .or_insert_with(|| broadcast::channel(capacity.min(KEYED_CAPACITY)).0)
         .subscribe()
 }

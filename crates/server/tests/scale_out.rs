@@ -122,13 +122,13 @@ async fn three_instances_share_battles_and_one_event_order_through_redis() {
         streams.push(sse);
     }
 
-    // 45 battles of 2.5-4 s, webhooks round-robin; each Create sent again to the next instance
+    // 45 battles of 4-5.5 s, webhooks round-robin; each Create sent again to the next instance
     // (a duplicate), every third battle also gets its Start through the instance after that.
     let n = 45;
     let mut deadlines = BTreeMap::new();
     for i in 0..n {
         let id = format!("so-{i}");
-        let duration = 2_500 + (i as u64 * 37) % 1_500;
+        let duration = 4_000 + (i as u64 * 37) % 1_500;
         let body = create(
             &id,
             &format!("room-a{i}"),
