@@ -489,3 +489,64 @@ fn keyed_receiver(
         .or_insert_with(|| broadcast::channel(capacity.min(KEYED_CAPACITY)).0)
         .subscribe()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::battle::Battle;
+
+    fn note(seq: u64) -> Notification {
+        Notification {
+            seq,
+            from: None,
+            to: Target::State(State::Running),
+            cause: Cause::CreateWebhook,
+            late_ms: None,
+            battle: Battle::new("b", State::Running, 0).snapshot(0),
+        }
+    }
+
+    fn seqs(sub: &mut Subscription) -> Vec<u64> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(Delivery::Notification(n))) =
+            Pin::new(&mut *sub).poll_next(&mut cx)
+        {
+            out.push(n.seq);
+        }
+        out
+    }
+
+    #[test]
+    fn own_notifications_wait_for_lower_numbers_from_the_feed() {
+        let hub = Hub::new(64, 16, 0);
+        let mut sub = hub.subscribe_live(Filter::All);
+        hub.deliver_followed(vec![note(1)]);
+        // This instance committed 3 and hands it over before the feed brought 2.
+        hub.deliver(vec![note(3)]);
+        assert_eq!(seqs(&mut sub), vec![1]);
+        // The feed brings 2, then 3 again: 3 is delivered once, in order.
+        hub.deliver_followed(vec![note(2), note(3)]);
+        assert_eq!(seqs(&mut sub), vec![2, 3]);
+        assert_eq!(hub.last_seq(), 3);
+        // Handing over what the feed already delivered changes nothing.
+        hub.deliver(vec![note(3)]);
+        assert_eq!(seqs(&mut sub), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_gap_in_the_feed_is_skipped_not_waited_for() {
+        let hub = Hub::new(64, 16, 0);
+        let mut sub = hub.subscribe_live(Filter::All);
+        hub.deliver_followed(vec![note(1), note(2)]);
+        // The feed was trimmed past 3..=4: 5 comes next and must not wait for them.
+        hub.deliver_followed(vec![note(5), note(6)]);
+        assert_eq!(seqs(&mut sub), vec![1, 2, 5, 6]);
+        // A follower that started with an empty ring takes the feed's numbers as they come.
+        let fresh = Hub::new(64, 0, 0);
+        let mut sub = fresh.subscribe_live(Filter::All);
+        fresh.deliver_followed(vec![note(1_000)]);
+        assert_eq!(seqs(&mut sub), vec![1_000]);
+    }
+}
