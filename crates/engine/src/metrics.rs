@@ -22,6 +22,7 @@ pub struct Metrics {
     timers_cancelled: AtomicU64,
     timers_fired: AtomicU64,
     evicted: AtomicU64,
+    store_conflicts: AtomicU64,
     lateness: [AtomicU64; LATENESS_BUCKETS_MS.len() + 1],
     lateness_sum_ms: AtomicU64,
     lateness_max_ms: AtomicU64,
@@ -39,6 +40,7 @@ pub(crate) struct MetricsDelta {
     timers_cancelled: u64,
     timers_fired: u64,
     evicted: u64,
+    store_conflicts: u64,
     lateness: [u64; LATENESS_BUCKETS_MS.len() + 1],
     lateness_sum_ms: u64,
     lateness_max_ms: u64,
@@ -90,6 +92,10 @@ impl MetricsDelta {
         self.dirty = true;
         self.evicted += 1;
     }
+    pub(crate) fn store_conflict(&mut self) {
+        self.dirty = true;
+        self.store_conflicts += 1;
+    }
 
     /// Adds the counts to `m` and starts again from zero.
     pub(crate) fn flush(&mut self, m: &Metrics) {
@@ -116,6 +122,7 @@ impl MetricsDelta {
         add(&m.timers_cancelled, d.timers_cancelled);
         add(&m.timers_fired, d.timers_fired);
         add(&m.evicted, d.evicted);
+        add(&m.store_conflicts, d.store_conflicts);
         for (a, n) in m.lateness.iter().zip(d.lateness) {
             add(a, n);
         }
@@ -145,6 +152,9 @@ pub struct MetricsSnapshot {
     pub timers_fired: u64,
     /// Battles evicted after retention.
     pub evicted: u64,
+    /// Rounds a shared store (Redis) rejected because another instance changed one of their
+    /// battles first (they were read and applied again).
+    pub store_conflicts: u64,
     /// Cumulative histogram counts per bucket of [`LATENESS_BUCKETS_MS`], then +Inf.
     pub lateness_buckets: Vec<(Option<u64>, u64)>,
     /// Sum of lateness in ms.
@@ -184,6 +194,7 @@ impl Metrics {
             timers_cancelled: self.timers_cancelled.load(Relaxed),
             timers_fired: self.timers_fired.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
+            store_conflicts: self.store_conflicts.load(Relaxed),
             lateness_buckets,
             lateness_sum_ms: self.lateness_sum_ms.load(Relaxed),
             lateness_max_ms: self.lateness_max_ms.load(Relaxed),

@@ -207,6 +207,11 @@ pub fn prometheus_text(state: &AppState) -> String {
             "Ended battles evicted after retention.",
             m.evicted,
         ),
+        (
+            "livebattle_store_conflicts_total",
+            "Rounds the shared store (Redis) rejected because another instance changed a battle first; they were applied again.",
+            m.store_conflicts,
+        ),
     ];
     for (name, help, value) in counters {
         family(&mut out, name, "counter", help);

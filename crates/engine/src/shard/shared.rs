@@ -206,9 +206,14 @@ impl Shard {
                         attempt,
                         "another instance changed these battles first; reading again"
                     );
+                    self.rollback(&ids, &fetched.battles);
+                    self.delta = counted;
+                    self.delta.store_conflict();
                 }
                 Ok(Commit::Conflict(conflicting)) => {
                     self.rollback(&ids, &fetched.battles);
+                    self.delta = counted;
+                    self.delta.store_conflict();
                     let e = StoreError(format!(
                         "battles {conflicting:?} kept changing under {MAX_ATTEMPTS} attempts"
                     ));
