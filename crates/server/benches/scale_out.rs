@@ -14,37 +14,16 @@
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod common;
+
+use common::{arg, http_client, now_ms, query, smoke, APP, TOKEN};
+
 const BIN: &str = env!("CARGO_BIN_EXE_livebattle");
-const APP: &str = "1400000001";
-const TOKEN: &str = "bench-token";
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn signed_query(command: &str) -> String {
-    let t = (now_ms() / 1000).to_string();
-    let sign = hex::encode(Sha256::digest(format!("{TOKEN}{t}")));
-    format!(
-        "SdkAppid={APP}&CallbackCommand={command}&contenttype=json&ClientIP=127.0.0.1&OptPlatform=RESTAPI&Sign={sign}&RequestTime={t}"
-    )
-}
 
 /// Starts one instance with `storage` arguments; returns it and its base URL.
 async fn instance(storage: &[String]) -> (Child, String) {
@@ -94,10 +73,7 @@ async fn drive(bases: &[String], label: &str, seconds: u64, connections: usize) 
         let url = format!("{}/callback", bases[c % bases.len()]);
         let label = label.to_owned();
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .expect("client");
+            let client = http_client();
             let mut t = Totals {
                 ok: 0,
                 errors: 0,
@@ -121,7 +97,7 @@ async fn drive(bases: &[String], label: &str, seconds: u64, connections: usize) 
                 ] {
                     let sent = Instant::now();
                     let reply = client
-                        .post(format!("{url}?{}", signed_query(command)))
+                        .post(format!("{url}?{}", query(command)))
                         .body(body)
                         .send()
                         .await;
@@ -190,14 +166,10 @@ async fn setup(label: &str, storages: Vec<Vec<String>>, seconds: u64, connection
 }
 
 fn main() {
-    let smoke = std::env::var("LIVEBATTLE_BENCH_SMOKE").is_ok_and(|v| v == "1");
-    let seconds: u64 = arg("--seconds")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 1 } else { 10 });
-    let connections: usize = arg("--connections")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 8 } else { 128 });
-    let redis = arg("--redis").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let smoke = smoke();
+    let seconds: u64 = arg("--seconds").unwrap_or(if smoke { 1 } else { 10 });
+    let connections: usize = arg("--connections").unwrap_or(if smoke { 8 } else { 128 });
+    let redis: String = arg("--redis").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
