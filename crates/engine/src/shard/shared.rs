@@ -293,15 +293,18 @@ impl Shard {
         match stored {
             Stored::Present(b) => {
                 self.evicted.remove(id);
-                let before = match shared.battles.get(&**id) {
-                    Some(s) if *s.battle == **b => return,
-                    Some(s) => Some((s.battle.state, s.battle.timer)),
-                    None => None,
-                };
-                if let Some(old) = shared.battles.get(&**id).map(|s| (*s.battle).clone()) {
-                    self.unindex_rooms(&old);
+                if shared.battles.get(&**id).is_some_and(|s| *s.battle == **b) {
+                    return;
+                }
+                // One lookup for the replaced record: its rooms let go before the new ones link.
+                let old = shared
+                    .battles
+                    .insert(id.clone(), Slot { battle: b.clone() });
+                if let Some(old) = &old {
+                    self.unindex_rooms(&old.battle);
                 }
                 self.index_rooms(b);
+                let before = old.map(|s| (s.battle.state, s.battle.timer));
                 if let Some(t) = b.timer {
                     if before.and_then(|(_, t)| t) != Some(t) {
                         self.insert_timer(id, t);
@@ -309,9 +312,6 @@ impl Shard {
                 }
                 self.delta
                     .state_moved(before.map(|(s, _)| s), Some(b.state));
-                shared
-                    .battles
-                    .insert(id.clone(), Slot { battle: b.clone() });
             }
             Stored::Evicted(_) | Stored::Absent => {
                 if let Some((_, slot)) = shared.battles.remove(&**id) {
