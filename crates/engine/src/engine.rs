@@ -12,7 +12,7 @@ use crate::clock::{Clock, TokioClock};
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::notify::{Filter, Hub, Observer, ResumeTooOld, Subscription};
-use crate::shard::{Command, Routed, Shard, Shared};
+use crate::shard::{Command, Routed, Shard, ShardCell, Shared};
 use crate::store::{EphemeralStore, Store, StoreError};
 use crate::transition::{Refusal, Rules};
 
@@ -202,6 +202,7 @@ impl EngineBuilder {
             per_shard[shard_of(&id, n)].1.push((id, at));
         }
         let mut senders = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
         // Rebuild the shards in parallel (one blocking task each): recovery of a large store is
         // bound by inserting battles, room links and timers.
@@ -210,9 +211,10 @@ impl EngineBuilder {
             let (tx, rx) = mpsc::channel(self.queue_capacity);
             let shared = shared.clone();
             building.push(tokio::task::spawn_blocking(move || {
-                Shard::new(shared, rx, battles, evicted)
+                Shard::new(shared, battles, evicted)
             }));
             senders.push(tx);
+            receivers.push(rx);
         }
         let mut shards = Vec::with_capacity(n);
         for built in building {
@@ -226,12 +228,16 @@ impl EngineBuilder {
             shared.hub.add_observer(observer);
         }
         let is_shared = shared.store.shared().is_some();
-        for shard in shards {
-            handles.push(if is_shared {
-                tokio::spawn(shard.run_shared())
+        let mut cells = Vec::with_capacity(n);
+        for (shard, rx) in shards.into_iter().zip(receivers) {
+            if is_shared {
+                // Every round goes through the store: callers always queue.
+                handles.push(tokio::spawn(shard.run_shared(rx)));
             } else {
-                tokio::spawn(shard.run())
-            });
+                let cell = Arc::new(ShardCell::new(shard));
+                handles.push(tokio::spawn(cell.clone().run(rx)));
+                cells.push(cell);
+            }
         }
         let follower = is_shared.then(|| tokio::spawn(follow(shared.clone(), senders.clone())));
         if stored > 0 {
@@ -246,6 +252,7 @@ impl EngineBuilder {
             inner: Arc::new(Inner {
                 shared,
                 senders,
+                cells,
                 handles: Mutex::new(handles),
                 follower: Mutex::new(follower),
             }),
@@ -270,6 +277,8 @@ fn shard_of(id: &str, n: usize) -> usize {
 struct Inner {
     shared: Arc<Shared>,
     senders: Vec<mpsc::Sender<Command>>,
+    /// The shards' state, for applying on the caller's task (empty on a shared store).
+    cells: Vec<Arc<ShardCell>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     /// The change-feed follower, on a shared store.
     follower: Mutex<Option<JoinHandle<()>>>,
@@ -402,6 +411,16 @@ impl Engine {
         let Some((shard, routed)) = self.route(event)? else {
             return Ok(Applied::unchanged(Outcome::NoBattle, None, 0));
         };
+        let mut routed = Some(routed);
+        if let Some(cell) = self.inner.cells.get(shard) {
+            let inline = cell.inline(|s| routed.take().map(|(id, ev)| s.on_event(id, ev)));
+            if let Some(Some(applied)) = inline {
+                return applied;
+            }
+        }
+        let Some(routed) = routed else {
+            return Err(EngineError::ShutDown);
+        };
         let (tx, rx) = oneshot::channel();
         self.inner.senders[shard]
             .send(Command::Apply {
@@ -438,6 +457,26 @@ impl Engine {
             if items.is_empty() {
                 continue;
             }
+            let mut items = Some(items);
+            if let Some(cell) = self.inner.cells.get(s) {
+                let inline = cell.inline(|shard| {
+                    items.take().map(|items| {
+                        items
+                            .into_iter()
+                            .map(|(id, ev)| shard.on_event(id, ev))
+                            .collect::<Vec<_>>()
+                    })
+                });
+                if let Some(Some(rs)) = inline {
+                    for (i, r) in idx.into_iter().zip(rs) {
+                        results[i] = Some(r);
+                    }
+                    continue;
+                }
+            }
+            let Some(items) = items else {
+                continue;
+            };
             let (tx, rx) = oneshot::channel();
             let sent = self.inner.senders[s]
                 .send(Command::Apply { items, reply: tx })

@@ -6,8 +6,9 @@
 //!
 //! * [`transition`] is the pure core: `battle + event + now → battle' + effects`, property-tested
 //!   without a runtime. Every lifecycle rule lives there (docs/lifecycle.md explains them).
-//! * [`Engine`] is the thin async shell: a fixed set of shard tasks, each the single writer of its
-//!   battles and the owner of one `DelayQueue`; timers are data (absolute Unix-ms deadline +
+//! * [`Engine`] is the thin async shell: a fixed set of shards, each the single writer of its
+//!   battles (its task, or in memory a caller that finds it free) and the owner of one timer
+//!   queue; timers are data (absolute Unix-ms deadline +
 //!   generation), so a stale timer never acts and a store can rebuild them.
 //! * Wall time comes from an injectable [`Clock`]; [`TokioClock`] follows tokio's clock, so under
 //!   `#[tokio::test(start_paused = true)]` everything is deterministic.

@@ -1,5 +1,5 @@
-//! The thin async shell: a shard task is the single writer of its battles and the owner of one
-//! timer queue. It feeds inputs to the pure core ([`crate::transition`]) and carries out the
+//! The thin async shell: a shard is the single writer of its battles (its task, or an in-memory
+//! caller that finds it free: [`ShardCell::inline`]) and the owner of one timer queue. It feeds inputs to the pure core ([`crate::transition`]) and carries out the
 //! effects: arm/cancel timers, write the store (one batch per wake-up: group commit), publish
 //! notifications, keep the room index, evict, and only then reply.
 
@@ -78,7 +78,6 @@ pub(crate) struct TimerEntry {
 
 pub(crate) struct Shard {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<Command>,
     queue: TimerQueue<TimerEntry>,
     due: Vec<(i64, TimerEntry)>,
     /// Evicted ids still inside the dedupe horizon, and when each may be forgotten.
@@ -98,6 +97,8 @@ pub(crate) struct Shard {
     /// Shared store: timers another instance holds the claim on, to look at again when its
     /// lease ends (or when the store failed), with their original deadline.
     rechecks: TimerQueue<(Arc<str>, Timer)>,
+    /// Shutdown began: nothing is applied on a caller's task any more.
+    closed: bool,
 }
 
 /// A batch whose store write is in progress.
@@ -112,13 +113,11 @@ struct Writing {
 impl Shard {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        rx: mpsc::Receiver<Command>,
         battles: Vec<Battle>,
         evicted: Vec<(Arc<str>, i64)>,
     ) -> Shard {
         let mut shard = Shard {
             shared,
-            rx,
             queue: TimerQueue::new(),
             due: Vec::new(),
             evicted: HashMap::default(),
@@ -131,6 +130,7 @@ impl Shard {
             writing: None,
             delta: MetricsDelta::default(),
             rechecks: TimerQueue::new(),
+            closed: false,
         };
         let mut evicted = evicted;
         evicted.sort_by_key(|(_, at)| *at);
@@ -173,64 +173,45 @@ impl Shard {
         );
     }
 
-    /// The shard loop. Commands and timers are applied as they come, into the next batch; at
-    /// most one batch is being written to the store at a time, and a batch's notifications and
-    /// replies go out when its write is durable. So a slow write (an fsync stall) delays
-    /// acknowledgements, never the timers: they fire on time and join the next batch.
-    pub(crate) async fn run(mut self) {
-        let mut buf = Vec::with_capacity(256);
-        let mut closing: Option<oneshot::Sender<()>> = None;
-        loop {
-            tokio::select! {
-                biased;
-                n = self.rx.recv_many(&mut buf, 256), if closing.is_none() => {
-                    if n == 0 {
-                        break;
-                    }
-                    self.forget_expired();
-                    for cmd in buf.drain(..) {
-                        match cmd {
-                            Command::Apply { items, reply } => {
-                                let results = items
-                                    .into_iter()
-                                    .map(|(id, ev)| self.on_event(id, ev))
-                                    .collect();
-                                self.replies.push((reply, results));
-                            }
-                            Command::Replicate { changes, done } => {
-                                self.replicate(changes);
-                                let _ = done.send(());
-                            }
-                            Command::Shutdown { reply } => closing = Some(reply),
-                        }
-                    }
-                    self.fire_due();
+    /// Applies what one wake-up of the shard task brought (commands, due timers), then
+    /// publishes and answers, or starts the batch's store write.
+    fn on_commands(&mut self, buf: &mut Vec<Command>, closing: &mut Option<oneshot::Sender<()>>) {
+        self.forget_expired();
+        for cmd in buf.drain(..) {
+            match cmd {
+                Command::Apply { items, reply } => {
+                    let results = items
+                        .into_iter()
+                        .map(|(id, ev)| self.on_event(id, ev))
+                        .collect();
+                    self.replies.push((reply, results));
                 }
-                () = std::future::poll_fn(|cx| {
-                    let clock = self.shared.clock.clone();
-                    self.queue.poll_due(cx, &*clock)
-                }), if closing.is_none() => {
-                    self.fire_due();
+                Command::Replicate { changes, done } => {
+                    self.replicate(changes);
+                    let _ = done.send(());
                 }
-                stored = std::future::poll_fn(|cx| match &mut self.writing {
-                    Some(w) => w.write.as_mut().poll(cx),
-                    None => Poll::Pending,
-                }) => {
-                    self.written(stored);
+                Command::Shutdown { reply } => {
+                    self.closed = true;
+                    *closing = Some(reply);
                 }
-                () = sleep_until_some(self.retry_at), if self.writing.is_none() => {
-                    self.retry_at = None;
-                }
-            }
-            self.delta.flush(&self.shared.metrics);
-            self.submit();
-            if closing.is_some() && self.writing.is_none() && self.is_idle() {
-                if let Some(reply) = closing.take() {
-                    let _ = reply.send(());
-                }
-                break;
             }
         }
+        self.fire_due();
+    }
+
+    /// Ends a step: metrics, then publish and answer (in memory) or start the store write.
+    fn finish_step(&mut self) {
+        self.delta.flush(&self.shared.metrics);
+        self.submit();
+    }
+
+    /// Whether a caller may apply on its own task: in memory only (a durable event is answered
+    /// only once a batch write holds it), and not while shutting down.
+    fn takes_inline(&self) -> bool {
+        !self.closed
+            && self.writing.is_none()
+            && self.retry_at.is_none()
+            && !self.shared.store.is_persistent()
     }
 
     /// Nothing applied and not yet written or answered.
@@ -258,7 +239,11 @@ impl Shard {
         self.shared.clock.now_ms()
     }
 
-    fn on_event(&mut self, target: Option<Arc<str>>, event: Event) -> Result<Applied, EngineError> {
+    pub(crate) fn on_event(
+        &mut self,
+        target: Option<Arc<str>>,
+        event: Event,
+    ) -> Result<Applied, EngineError> {
         let id: &str = match (&target, event.battle_id()) {
             (Some(t), _) => t,
             (None, Some(id)) => id,
@@ -623,6 +608,117 @@ impl Shard {
             self.op_index.insert(battle.id.clone(), self.ops.len());
         }
         self.ops.push(op);
+    }
+}
+
+/// A shard's state behind a lock, and the wake-up of its task.
+///
+/// The shard task is the writer of its battles; in memory, a caller that finds the shard idle
+/// (the lock free, no batch being written) applies its event right there, on its own task, under
+/// the same lock: the result is the same as through the task, without the channel hop, the reply
+/// channel and two task wake-ups. A caller that finds it busy queues the event for the task.
+pub(crate) struct ShardCell {
+    shard: std::sync::Mutex<Shard>,
+    /// Rings when a caller queued a timer earlier than the one the task sleeps for.
+    wake: tokio::sync::Notify,
+}
+
+impl ShardCell {
+    pub(crate) fn new(shard: Shard) -> ShardCell {
+        ShardCell {
+            shard: std::sync::Mutex::new(shard),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shard> {
+        self.shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the shard on the caller's task when the shard is free and may take it
+    /// ([`Shard::takes_inline`]); `None` when the caller must queue instead. Publishes and
+    /// answers what `f` changed before returning, and wakes the task if its next timer moved
+    /// earlier.
+    pub(crate) fn inline<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> Option<R> {
+        let mut guard = match self.shard.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let shard = &mut *guard;
+        if !shard.takes_inline() {
+            return None;
+        }
+        shard.forget_expired();
+        let next_before = shard.queue.next_deadline();
+        let r = f(shard);
+        shard.finish_step();
+        let next_after = shard.queue.next_deadline();
+        drop(guard);
+        if next_after.is_some() && (next_before.is_none() || next_after < next_before) {
+            self.wake.notify_one();
+        }
+        Some(r)
+    }
+
+    /// The shard loop. Commands and timers are applied as they come, into the next batch; at
+    /// most one batch is being written to the store at a time, and a batch's notifications and
+    /// replies go out when its write is durable. So a slow write (an fsync stall) delays
+    /// acknowledgements, never the timers: they fire on time and join the next batch.
+    pub(crate) async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Command>) {
+        let clock = self.lock().shared.clock.clone();
+        let mut buf = Vec::with_capacity(256);
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        loop {
+            let (retry_at, writing) = {
+                let s = self.lock();
+                (s.retry_at, s.writing.is_some())
+            };
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut buf, 256), if closing.is_none() => {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut s = self.lock();
+                    s.on_commands(&mut buf, &mut closing);
+                    s.finish_step();
+                }
+                () = std::future::poll_fn(|cx| self.lock().queue.poll_due(cx, &*clock)),
+                    if closing.is_none() => {
+                    let mut s = self.lock();
+                    s.fire_due();
+                    s.finish_step();
+                }
+                stored = std::future::poll_fn(|cx| match &mut self.lock().writing {
+                    Some(w) => w.write.as_mut().poll(cx),
+                    None => Poll::Pending,
+                }), if writing => {
+                    let mut s = self.lock();
+                    s.written(stored);
+                    s.finish_step();
+                }
+                () = sleep_until_some(retry_at), if !writing => {
+                    let mut s = self.lock();
+                    s.retry_at = None;
+                    s.finish_step();
+                }
+                () = self.wake.notified() => {}
+            }
+            if let Some(reply) = closing.take() {
+                let done = {
+                    let s = self.lock();
+                    s.writing.is_none() && s.is_idle()
+                };
+                if done {
+                    let _ = reply.send(());
+                    break;
+                }
+                closing = Some(reply);
+            }
+        }
     }
 }
 

@@ -50,6 +50,11 @@ impl<T> TimerQueue<T> {
         }
     }
 
+    /// The earliest deadline queued, if any.
+    pub(crate) fn next_deadline(&self) -> Option<i64> {
+        self.order.peek().map(|&Reverse(at)| at)
+    }
+
     /// Takes every entry due at `now_ms`, earliest deadline first, into `out`.
     pub(crate) fn take_due(&mut self, now_ms: i64, out: &mut Vec<(i64, T)>) {
         while let Some(&Reverse(at)) = self.order.peek() {

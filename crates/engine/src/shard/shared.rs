@@ -26,14 +26,14 @@ type Pending = (
 
 impl Shard {
     /// The shard loop on a shared store: rounds of read → apply → commit, one at a time.
-    pub(crate) async fn run_shared(mut self) {
+    pub(crate) async fn run_shared(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut buf = Vec::with_capacity(256);
         loop {
             let mut closing = None;
             let mut pending: Vec<Pending> = Vec::new();
             tokio::select! {
                 biased;
-                n = self.rx.recv_many(&mut buf, 256) => {
+                n = rx.recv_many(&mut buf, 256) => {
                     if n == 0 {
                         break;
                     }
