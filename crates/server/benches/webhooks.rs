@@ -7,7 +7,7 @@
 //! `--no-half` (skip the rate-limited runs), `--only bare|in-memory|durable` (one mode),
 //! `--rounds N` (repeat the closed-loop runs N times, modes interleaved; the summary takes the
 //! medians; the half-rate runs are in the first round).
-//! Profiling: `--serve bare|in-memory` runs one server until SIGTERM; `--drive ADDR --requests N`
+//! Profiling: `--serve bare|in-memory|durable` runs one server until SIGTERM; `--drive ADDR --requests N`
 //! sends exactly N requests to it (docs/benchmarks.md has the callgrind recipe).
 //!
 //! Each connection posts signed Tencent callbacks over keep-alive: a Create (NeedResponse false,
@@ -335,11 +335,13 @@ async fn drive_fixed(addr: SocketAddr, requests: u64, connections: usize) {
     );
 }
 
-/// `--serve bare|in-memory`: one server on `--listen` (default a free loopback port) until
+/// `--serve bare|in-memory|durable`: one server on `--listen` (default a free loopback port) until
 /// SIGTERM/SIGINT, for profiling (`valgrind --tool=callgrind`).
 async fn serve_only(which: &str) {
+    let dir = std::env::temp_dir().join(format!("livebattle-serve-{}", std::process::id()));
     let mode = match which {
         "bare" => Mode::Bare,
+        "durable" => Mode::Livebattle(Storage::DataDir(dir.clone())),
         _ => Mode::Livebattle(Storage::InMemory),
     };
     let (addr, stop, server) = start(&mode).await;
@@ -347,6 +349,7 @@ async fn serve_only(which: &str) {
     livebattle_server::shutdown_signal().await;
     let _ = stop.send(());
     let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn main() -> std::process::ExitCode {
