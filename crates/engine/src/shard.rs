@@ -222,14 +222,15 @@ impl Shard {
     /// Fires every timer already due, earliest first (so one wake-up is one batch).
     fn fire_due(&mut self) {
         let mut due = std::mem::take(&mut self.due);
-        self.queue.take_due(self.now(), &mut due);
+        let now = self.now();
+        self.queue.take_due(now, &mut due);
         for (at_ms, entry) in due.drain(..) {
             let timer = Timer {
                 kind: entry.kind,
                 at_ms,
                 generation: entry.generation,
             };
-            self.on_timer(entry.id, timer);
+            self.on_timer(entry.id, timer, now);
         }
         self.due = due;
         self.forget_expired();
@@ -275,7 +276,7 @@ impl Shard {
                     self.delta.timer_armed(false);
                     self.insert_timer(&key, t);
                 }
-                let applied = self.after_change(&b, fx, cause, None, None);
+                let applied = self.after_change(&b, fx, cause, None, None, now);
                 self.shared.battles.insert(
                     key,
                     Slot {
@@ -292,7 +293,7 @@ impl Shard {
                 };
                 let key = slot.battle.id.clone();
                 self.retime(slot, &key, before_timer);
-                Ok(self.after_change(&slot.battle, fx, cause, before_state, before_version))
+                Ok(self.after_change(&slot.battle, fx, cause, before_state, before_version, now))
             }
         }
     }
@@ -321,6 +322,7 @@ impl Shard {
         cause: Cause,
         before: Option<State>,
         before_version: Option<u64>,
+        now: i64,
     ) -> Applied {
         let outcome = match fx.change {
             Change::Duplicate => Outcome::Duplicate,
@@ -365,7 +367,7 @@ impl Shard {
                 to,
                 cause,
                 late_ms: fx.late_ms,
-                battle: b.snapshot(self.now()),
+                battle: b.snapshot(now),
             });
         }
         Applied {
@@ -411,8 +413,8 @@ impl Shard {
         }
     }
 
-    fn on_timer(&mut self, id: Arc<str>, timer: Timer) {
-        let now = self.now();
+    /// Fires `timer` of battle `id` at `now` (read once per wake-up).
+    fn on_timer(&mut self, id: Arc<str>, timer: Timer, now: i64) {
         let shared = self.shared.clone();
         let Some(mut slot) = shared.battles.get_mut(&id) else {
             return;
@@ -446,6 +448,7 @@ impl Shard {
                     cause,
                     Some(before_state),
                     Some(before_version),
+                    now,
                 );
             }
         }

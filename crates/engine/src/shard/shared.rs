@@ -162,7 +162,7 @@ impl Shard {
             let now = self.now();
             for ((id, t), claim) in due.iter().zip(&fetched.claims) {
                 match claim {
-                    Ok(()) => self.on_timer(id.clone(), *t),
+                    Ok(()) => self.on_timer(id.clone(), *t, now),
                     // Another instance fires it; if it dies first, look again after its lease.
                     Err(ms) => self
                         .rechecks
