@@ -29,7 +29,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use livebattle_engine::store::{check_version, BoxFuture};
-use livebattle_engine::{Battle, Loaded, Notification, Store, StoreError, StoreOp};
+use livebattle_engine::{
+    Battle, BattleSnapshot, Cause, Loaded, Notification, State, Store, StoreError, StoreOp, Target,
+};
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -177,6 +179,42 @@ fn encode_battle(b: &Battle) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
+/// First byte of a notification row encoded with postcard. Rows written by earlier builds are
+/// JSON and start with `{`; both load.
+const NOTE_POSTCARD: u8 = 1;
+
+/// A notification's fields in postcard order (`Notification` flattens its battle for JSON, which
+/// a non-self-describing format cannot read back).
+type NoteFields<B> = (u64, Option<State>, Target, Cause, Option<u64>, B);
+
+/// Encodes a notification for the replay ring: postcard behind [`NOTE_POSTCARD`] (several times
+/// cheaper than the JSON it replaced, on every durable change).
+fn encode_note(n: &Notification) -> Result<Vec<u8>, StoreError> {
+    let fields: NoteFields<&BattleSnapshot> = (n.seq, n.from, n.to, n.cause, n.late_ms, &n.battle);
+    postcard::to_extend(&fields, vec![NOTE_POSTCARD])
+        .map_err(|e| StoreError(format!("encode notification: {e}")))
+}
+
+fn decode_note(path: &Path, seq: u64, bytes: &[u8]) -> Result<Notification, StoreError> {
+    let bad =
+        |x: &dyn std::fmt::Display| err(path, format!("notification {seq} cannot be decoded: {x}"));
+    match bytes.split_first() {
+        Some((&NOTE_POSTCARD, body)) => {
+            let (seq, from, to, cause, late_ms, battle): NoteFields<BattleSnapshot> =
+                postcard::from_bytes(body).map_err(|x| bad(&x))?;
+            Ok(Notification {
+                seq,
+                from,
+                to,
+                cause,
+                late_ms,
+                battle,
+            })
+        }
+        _ => serde_json::from_slice(bytes).map_err(|x| bad(&x)),
+    }
+}
+
 fn stored_version(bytes: &[u8]) -> Option<u64> {
     let head: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(head))
@@ -303,10 +341,9 @@ fn apply(
             notification,
             keep_from_seq,
         } => {
-            let json = serde_json::to_vec(&**notification)
-                .map_err(|x| StoreError(format!("encode notification: {x}")))?;
+            let bytes = encode_note(notification)?;
             notes
-                .insert(notification.seq, json.as_slice())
+                .insert(notification.seq, bytes.as_slice())
                 .map_err(|x| e(&x))?;
             let old: Vec<u64> = notes
                 .range(..*keep_from_seq)
@@ -376,13 +413,7 @@ fn load_all(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
         .map_err(|x| e(&x))?
     {
         let (k, v) = row.map_err(|x| e(&x))?;
-        let n: Notification = serde_json::from_slice(v.value()).map_err(|x| {
-            err(
-                path,
-                format!("notification {} cannot be decoded: {x}", k.value()),
-            )
-        })?;
-        notifications.push(n);
+        notifications.push(decode_note(path, k.value(), v.value())?);
     }
     Ok(Loaded {
         battles,
@@ -413,5 +444,36 @@ impl Store for RedbStore {
                 .map_err(|_| closed())?;
             rx.await.map_err(|_| closed())?
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note() -> Notification {
+        let mut b = Battle::new("b-1", State::Running, 1_000);
+        b.from_room = Some("pk-3".into());
+        Notification {
+            seq: 7,
+            from: Some(State::AwaitingResponse),
+            to: Target::State(State::Running),
+            cause: Cause::StartWebhook,
+            late_ms: Some(3),
+            battle: b.snapshot(2_000),
+        }
+    }
+
+    #[test]
+    fn notifications_round_trip_in_postcard_and_json_rows_still_load() {
+        let path = Path::new("test.redb");
+        let n = note();
+        let bytes = encode_note(&n).unwrap();
+        assert_eq!(bytes[0], NOTE_POSTCARD);
+        assert_eq!(decode_note(path, 7, &bytes).unwrap(), n);
+        let json = serde_json::to_vec(&n).unwrap();
+        assert_eq!(decode_note(path, 7, &json).unwrap(), n, "rows of earlier builds");
+        let e = decode_note(path, 7, &bytes[..bytes.len() / 2]).unwrap_err();
+        assert!(e.0.contains("notification 7 cannot be decoded"), "{e}");
     }
 }
