@@ -472,7 +472,11 @@ mod tests {
         assert_eq!(bytes[0], NOTE_POSTCARD);
         assert_eq!(decode_note(path, 7, &bytes).unwrap(), n);
         let json = serde_json::to_vec(&n).unwrap();
-        assert_eq!(decode_note(path, 7, &json).unwrap(), n, "rows of earlier builds");
+        assert_eq!(
+            decode_note(path, 7, &json).unwrap(),
+            n,
+            "rows of earlier builds"
+        );
         let e = decode_note(path, 7, &bytes[..bytes.len() / 2]).unwrap_err();
         assert!(e.0.contains("notification 7 cannot be decoded"), "{e}");
     }
