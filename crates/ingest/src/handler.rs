@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -24,7 +24,7 @@ use crate::metrics::{IngestMetrics, RequestOutcome};
 use crate::payload::{parse_payload, Action};
 use crate::query::CallbackQuery;
 use crate::reply::{Reason, Refusal, TencentReply};
-use crate::signature::{body_too_large, shorten_cow, Authorized, Verifier};
+use crate::signature::{body_too_large, shorten_cow, Verifier};
 
 /// Where [`Ingest::router`] mounts the handler.
 pub const CALLBACK_PATH: &str = "/callback";
@@ -147,7 +147,7 @@ impl Ingest {
         async {
             let mut command = None;
             let result = match self.authorize(raw_query, &mut command) {
-                Ok(auth) => self.apply_body(&auth, body).await,
+                Ok(command) => self.apply_body(&command, body).await,
                 Err(refusal) => Err(refusal),
             };
             self.finish(command.as_ref(), result)
@@ -159,8 +159,8 @@ impl Ingest {
     async fn serve(&self, raw_query: &str, headers: &HeaderMap, body: Body) -> Response {
         let mut command = None;
         let result = match self.authorize(raw_query, &mut command) {
-            Ok(auth) => match self.read_body(headers, body).await {
-                Ok(bytes) => self.apply_body(&auth, &bytes).await,
+            Ok(command) => match self.read_body(headers, body).await {
+                Ok(bytes) => self.apply_body(&command, &bytes).await,
                 Err(refusal) => Err(refusal),
             },
             Err(refusal) => Err(refusal),
@@ -171,12 +171,13 @@ impl Ingest {
         }
     }
 
-    /// Query and signature; notes the command for the counters as soon as it is known.
+    /// Query and signature; notes the command for the counters as soon as it is known. Returns
+    /// the command to apply.
     fn authorize(
         &self,
         raw_query: &str,
         command: &mut Option<Command>,
-    ) -> Result<Authorized, Refusal> {
+    ) -> Result<Command, Refusal> {
         let query = CallbackQuery::parse(raw_query)?;
         let span = tracing::Span::current();
         let recording = !span.is_disabled();
@@ -197,7 +198,7 @@ impl Ingest {
         }
         self.inner
             .verifier
-            .authorize(&query, self.inner.engine.now_ms())
+            .authorize_command(&query, self.inner.engine.now_ms())
     }
 
     async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Refusal> {
@@ -220,9 +221,9 @@ impl Ingest {
     }
 
     /// Size, payload, then the engine. Returns only after the engine accepted the event.
-    async fn apply_body(&self, auth: &Authorized, body: &[u8]) -> Result<RequestOutcome, Refusal> {
+    async fn apply_body(&self, command: &Command, body: &[u8]) -> Result<RequestOutcome, Refusal> {
         self.inner.verifier.check_body_size(body.len())?;
-        let event = match parse_payload(&auth.command, body)? {
+        let event = match parse_payload(command, body)? {
             Action::Acknowledge => return Ok(RequestOutcome::Acknowledged),
             Action::Apply(event) => event,
         };
@@ -301,16 +302,13 @@ fn request_span() -> tracing::Span {
 }
 
 /// The axum handler for Tencent's POST. Mount it anywhere with `State<Ingest>`; the reply is
-/// sent only after the engine accepted the event.
-pub async fn callback(
-    State(ingest): State<Ingest>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let query = query.unwrap_or_default();
+/// sent only after the engine accepted the event. It takes the whole request: the query and
+/// headers are read in place (no copy of either), the body streamed.
+pub async fn callback(State(ingest): State<Ingest>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let query = parts.uri.query().unwrap_or_default();
     ingest
-        .serve(&query, &headers, body)
+        .serve(query, &parts.headers, body)
         .instrument(request_span())
         .await
 }

@@ -10,23 +10,24 @@ use std::borrow::Cow;
 
 use crate::reply::{Reason, Refusal};
 
-/// The parameters of one callback URL, percent-decoded. Absent parameters are `None`.
+/// The parameters of one callback URL, percent-decoded. Absent parameters are `None`. A value
+/// that needed no decoding (every value of a usual Tencent URL) borrows from the raw query.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CallbackQuery {
+pub struct CallbackQuery<'a> {
     /// `SdkAppid` / `SdkAppId`.
-    pub sdk_app_id: Option<String>,
+    pub sdk_app_id: Option<Cow<'a, str>>,
     /// `CallbackCommand` (or `WebhookCommand`).
-    pub callback_command: Option<String>,
+    pub callback_command: Option<Cow<'a, str>>,
     /// `contenttype` (always `json`; not checked).
-    pub content_type: Option<String>,
+    pub content_type: Option<Cow<'a, str>>,
     /// `ClientIP`, opaque.
-    pub client_ip: Option<String>,
+    pub client_ip: Option<Cow<'a, str>>,
     /// `OptPlatform`, opaque (`RESTAPI`, `Web`, `Android`, `iOS`, … or anything else).
-    pub opt_platform: Option<String>,
+    pub opt_platform: Option<Cow<'a, str>>,
     /// `Sign`: hex sha256 of token + RequestTime.
-    pub sign: Option<String>,
+    pub sign: Option<Cow<'a, str>>,
     /// `RequestTime`, as sent (decimal Unix seconds).
-    pub request_time: Option<String>,
+    pub request_time: Option<Cow<'a, str>>,
 }
 
 const KEYS: [&str; 7] = [
@@ -39,7 +40,15 @@ const KEYS: [&str; 7] = [
     "RequestTime",
 ];
 
-impl CallbackQuery {
+/// The index in [`KEYS`] of `key`, ignoring ASCII case (the usual spelling is compared first:
+/// it is the cheap, common case).
+fn key_index(key: &str) -> Option<usize> {
+    KEYS.iter().position(|k| {
+        k.len() == key.len() && (k.as_bytes() == key.as_bytes() || key.eq_ignore_ascii_case(k))
+    })
+}
+
+impl<'a> CallbackQuery<'a> {
     /// Parses a raw query string (without the leading `?`).
     ///
     /// ```
@@ -48,17 +57,14 @@ impl CallbackQuery {
     /// assert_eq!(q.sdk_app_id.as_deref(), Some("1400000001"));
     /// assert_eq!(q.callback_command.as_deref(), Some("Live.CallbackAfterEndBattle"));
     /// ```
-    pub fn parse(raw: &str) -> Result<CallbackQuery, Refusal> {
+    pub fn parse(raw: &'a str) -> Result<CallbackQuery<'a>, Refusal> {
         let mut q = CallbackQuery::default();
-        let mut webhook_command: Option<String> = None;
+        let mut webhook_command: Option<Cow<'a, str>> = None;
         for (key, value) in pairs(raw) {
-            let slot = if key.eq_ignore_ascii_case("WebhookCommand") {
-                &mut webhook_command
-            } else {
-                match KEYS.iter().position(|k| key.eq_ignore_ascii_case(k)) {
-                    Some(i) => q.slot(i),
-                    None => continue,
-                }
+            let slot = match key_index(&key) {
+                Some(i) => q.slot(i),
+                None if key.eq_ignore_ascii_case("WebhookCommand") => &mut webhook_command,
+                None => continue,
             };
             match slot {
                 Some(existing) if *existing != value => {
@@ -68,7 +74,7 @@ impl CallbackQuery {
                     ));
                 }
                 Some(_) => {}
-                None => *slot = Some(value.into_owned()),
+                None => *slot = Some(value),
             }
         }
         if q.callback_command.is_none() {
@@ -78,7 +84,7 @@ impl CallbackQuery {
     }
 
     #[inline]
-    fn slot(&mut self, i: usize) -> &mut Option<String> {
+    fn slot(&mut self, i: usize) -> &mut Option<Cow<'a, str>> {
         match i {
             0 => &mut self.sdk_app_id,
             1 => &mut self.callback_command,
@@ -95,18 +101,38 @@ impl CallbackQuery {
 /// (`form_urlencoded::parse`: `&`-separated, empty pieces skipped, `+` is a space,
 /// percent-escapes decoded, invalid UTF-8 replaced). A piece with neither `%` nor `+` (every
 /// piece of a usual Tencent URL) needs no decoding and is borrowed as is: no allocation, no
-/// UTF-8 re-validation.
+/// UTF-8 re-validation. One vectorised scan of the whole string tells whether any piece needs
+/// decoding at all.
 fn pairs(raw: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    raw.split('&').filter(|p| !p.is_empty()).map(|piece| {
-        if piece.bytes().any(|b| b == b'%' || b == b'+') {
-            // Rare: decode this one piece the standard way.
-            form_urlencoded::parse(piece.as_bytes())
-                .next()
-                .unwrap_or((Cow::Borrowed(""), Cow::Borrowed("")))
-        } else {
-            let (key, value) = piece.split_once('=').unwrap_or((piece, ""));
-            (Cow::Borrowed(key), Cow::Borrowed(value))
+    let bytes = raw.as_bytes();
+    let encoded = memchr::memchr2(b'%', b'+', bytes).is_some();
+    let mut ends = memchr::memchr_iter(b'&', bytes).chain(std::iter::once(bytes.len()));
+    let mut start = 0;
+    std::iter::from_fn(move || loop {
+        let end = ends.next()?;
+        // `&` is ASCII, so both ends are char boundaries; `get` keeps this panic-free anyway.
+        let piece = raw.get(start..end).unwrap_or("");
+        start = end + 1;
+        if piece.is_empty() {
+            continue;
         }
+        if encoded && memchr::memchr2(b'%', b'+', piece.as_bytes()).is_some() {
+            // Rare: decode this one piece the standard way.
+            return Some(
+                form_urlencoded::parse(piece.as_bytes())
+                    .next()
+                    .unwrap_or((Cow::Borrowed(""), Cow::Borrowed(""))),
+            );
+        }
+        let (key, value) = match memchr::memchr(b'=', piece.as_bytes()) {
+            // `=` is ASCII: a char boundary.
+            Some(i) => (
+                piece.get(..i).unwrap_or(""),
+                piece.get(i + 1..).unwrap_or(""),
+            ),
+            None => (piece, ""),
+        };
+        return Some((Cow::Borrowed(key), Cow::Borrowed(value)));
     })
 }
 

@@ -14,7 +14,6 @@
 //! for the configured overlap, measured on the engine clock. An `AppConfig::previous_token` is
 //! treated the same way from start-up.
 
-use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -54,10 +53,39 @@ pub fn sign_matches(token: &str, request_time: &str, sign: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The value of each hex digit (either case); `INVALID` for any other byte.
+const HEX: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+const INVALID: u8 = 0x10;
+
+/// The 32 bytes of a Sign: 64 hex digits in either case, surrounding whitespace ignored. One
+/// table lookup per digit, and one validity test at the end.
 fn decode_sign(sign: &str) -> Option<[u8; 32]> {
+    let digits = sign.trim().as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
     let mut out = [0u8; 32];
-    hex::decode_to_slice(sign.trim(), &mut out).ok()?;
-    Some(out)
+    let mut invalid = 0u8;
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let (hi, lo) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+        invalid |= hi | lo;
+        *byte = (hi << 4) | lo;
+    }
+    (invalid & INVALID == 0).then_some(out)
 }
 
 fn matches_choice(token: &str, request_time: &str, got: &[u8; 32]) -> Choice {
@@ -119,7 +147,8 @@ pub struct Authorized {
 /// The served apps and their tokens; checks a callback's query. Cheap to share behind an `Arc`;
 /// rotations take a short write lock.
 pub struct Verifier {
-    apps: RwLock<HashMap<String, AppKeys>>,
+    /// Sorted by SdkAppId (a binary search is cheaper than hashing the id of every request).
+    apps: RwLock<Vec<(String, AppKeys)>>,
     window_ms: i128,
     overlap_ms: i64,
     body_limit: usize,
@@ -135,7 +164,7 @@ impl Verifier {
     pub fn new(config: &IngestConfig, now_ms: i64) -> Result<Verifier, ConfigError> {
         config.validate()?;
         let overlap_ms = millis_i64(config.token_overlap);
-        let apps = config
+        let mut apps: Vec<(String, AppKeys)> = config
             .apps
             .iter()
             .map(|app| {
@@ -147,6 +176,8 @@ impl Verifier {
                 (app.sdk_app_id.clone(), keys)
             })
             .collect();
+        // Ids are unique (validated above).
+        apps.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(Verifier {
             apps: RwLock::new(apps),
             window_ms: i128::try_from(config.signature_window.as_millis()).unwrap_or(i128::MAX),
@@ -170,7 +201,7 @@ impl Verifier {
 
     /// Whether this SdkAppId is served.
     pub fn serves(&self, sdk_app_id: &str) -> bool {
-        self.read().contains_key(sdk_app_id)
+        app_index(&self.read(), sdk_app_id).is_some()
     }
 
     /// Makes `new_token` the app's token (`None` turns token auth off) and keeps the current one
@@ -185,8 +216,9 @@ impl Verifier {
             return Err(ConfigError::EmptyToken(sdk_app_id.to_owned()));
         }
         let mut apps = self.apps.write().unwrap_or_else(PoisonError::into_inner);
-        let keys = apps
-            .get_mut(sdk_app_id)
+        let keys = app_index(&apps, sdk_app_id)
+            .and_then(|i| apps.get_mut(i))
+            .map(|(_, keys)| keys)
             .ok_or_else(|| ConfigError::UnknownSdkAppId(sdk_app_id.to_owned()))?;
         if keys.current == new_token {
             return Ok(());
@@ -203,13 +235,28 @@ impl Verifier {
         Ok(())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, AppKeys>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<(String, AppKeys)>> {
         self.apps.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Checks one callback's parsed query at engine time `now_ms`: the app, the command, and the
     /// signature with its freshness.
-    pub fn authorize(&self, query: &CallbackQuery, now_ms: i64) -> Result<Authorized, Refusal> {
+    pub fn authorize(&self, query: &CallbackQuery<'_>, now_ms: i64) -> Result<Authorized, Refusal> {
+        let command = self.authorize_command(query, now_ms)?;
+        Ok(Authorized {
+            // `authorize_command` refused a missing SdkAppid.
+            sdk_app_id: query.sdk_app_id.as_deref().unwrap_or_default().to_owned(),
+            command,
+        })
+    }
+
+    /// [`Verifier::authorize`] without copying the SdkAppId: the URL's command when every check
+    /// passed (the handler's path).
+    pub(crate) fn authorize_command(
+        &self,
+        query: &CallbackQuery<'_>,
+        now_ms: i64,
+    ) -> Result<Command, Refusal> {
         let sdk_app_id = match query.sdk_app_id.as_deref() {
             Some(id) if !id.is_empty() => id,
             _ => {
@@ -221,7 +268,10 @@ impl Verifier {
         };
         // Hashing under the read lock is fine: only a rotation takes the write lock.
         let apps = self.read();
-        let keys = apps.get(sdk_app_id).ok_or_else(|| {
+        let keys = app_index(&apps, sdk_app_id)
+            .and_then(|i| apps.get(i))
+            .map(|(_, keys)| keys);
+        let keys = keys.ok_or_else(|| {
             Refusal::new(
                 Reason::ForeignSdkAppId,
                 format!("SdkAppid {} is not served here", shorten(sdk_app_id)),
@@ -237,16 +287,13 @@ impl Verifier {
             }
         };
         self.check_signature(keys, query, now_ms)?;
-        Ok(Authorized {
-            sdk_app_id: sdk_app_id.to_owned(),
-            command,
-        })
+        Ok(command)
     }
 
     fn check_signature(
         &self,
         keys: &AppKeys,
-        query: &CallbackQuery,
+        query: &CallbackQuery<'_>,
         now_ms: i64,
     ) -> Result<(), Refusal> {
         let Some(current) = keys.current.as_deref() else {
@@ -321,10 +368,24 @@ pub(crate) fn body_too_large(limit: usize) -> Refusal {
 
 /// Digits only (at most 19, so it fits an i64), no sign or spaces.
 fn parse_unix_seconds(s: &str) -> Option<i128> {
-    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 19 {
         return None;
     }
-    s.parse::<i128>().ok()
+    // At most 19 digits: below 10^19, within u64.
+    let mut n: u64 = 0;
+    for b in s.bytes() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    Some(i128::from(n))
+}
+
+/// The position of `sdk_app_id` in the sorted app list.
+fn app_index(apps: &[(String, AppKeys)], sdk_app_id: &str) -> Option<usize> {
+    apps.binary_search_by(|(id, _)| id.as_str().cmp(sdk_app_id))
+        .ok()
 }
 
 /// Echoes outside text in ErrorInfo at most 64 characters long.
@@ -509,6 +570,43 @@ mod tests {
             Reason::BadSignature
         );
         assert!(v.check(&q("1", &compute_sign("new", t), t), T0 + 1).is_ok());
+    }
+
+    #[test]
+    fn decode_sign_matches_the_hex_crate() {
+        let upper = SIGN.to_ascii_uppercase();
+        let padded = format!("  {SIGN}\n");
+        let bad_digit = SIGN.replacen('7', "g", 1);
+        let short = &SIGN[..62];
+        let long = format!("{SIGN}00");
+        for sign in [SIGN, &upper, &padded, &bad_digit, short, &long, "", "é"] {
+            let mut reference = [0u8; 32];
+            let expected = hex::decode_to_slice(sign.trim(), &mut reference)
+                .ok()
+                .map(|()| reference);
+            assert_eq!(decode_sign(sign), expected, "{sign:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_sign_matches_the_hex_crate_on_any_input(sign in "[0-9a-fA-FgG ]{62,66}") {
+            let mut reference = [0u8; 32];
+            let expected = hex::decode_to_slice(sign.trim(), &mut reference)
+                .ok()
+                .map(|()| reference);
+            proptest::prop_assert_eq!(decode_sign(&sign), expected);
+        }
+
+        #[test]
+        fn unix_seconds_parse_like_i128(s in "[0-9+-]{0,21}") {
+            let expected = if !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()) {
+                s.parse::<i128>().ok()
+            } else {
+                None
+            };
+            proptest::prop_assert_eq!(parse_unix_seconds(&s), expected);
+        }
     }
 
     #[test]
