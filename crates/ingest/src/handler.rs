@@ -302,23 +302,35 @@ fn request_span() -> tracing::Span {
 }
 
 /// The axum handler for Tencent's POST. Mount it anywhere with `State<Ingest>`; the reply is
-/// sent only after the engine accepted the event. It takes the whole request: the query and
-/// headers are read in place (no copy of either), the body streamed.
+/// sent only after the engine accepted the event.
 pub async fn callback(State(ingest): State<Ingest>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let query = parts.uri.query().unwrap_or_default();
-    ingest
-        .serve(query, &parts.headers, body)
-        .instrument(request_span())
-        .await
+    ingest.handle(request).await
 }
 
 /// Any method but POST on the callback path.
 async fn method_not_allowed(State(ingest): State<Ingest>) -> Response {
-    let refusal = Refusal::new(
-        Reason::MethodNotAllowed,
-        "Tencent callbacks are POST requests",
-    );
-    let _ = ingest.finish(None, Err(refusal.clone()));
-    refusal.into_response()
+    ingest.refuse_method()
+}
+
+impl Ingest {
+    /// [`callback`] on a borrowed service (for a caller that holds the `Ingest` in its own
+    /// state). It takes the whole request: the query and headers are read in place (no copy of
+    /// either), the body streamed.
+    pub async fn handle(&self, request: Request) -> Response {
+        let (parts, body) = request.into_parts();
+        let query = parts.uri.query().unwrap_or_default();
+        self.serve(query, &parts.headers, body)
+            .instrument(request_span())
+            .await
+    }
+
+    /// The reply to any method but POST on the callback path (4051 / 405), counted.
+    pub fn refuse_method(&self) -> Response {
+        let refusal = Refusal::new(
+            Reason::MethodNotAllowed,
+            "Tencent callbacks are POST requests",
+        );
+        let _ = self.finish(None, Err(refusal.clone()));
+        refusal.into_response()
+    }
 }

@@ -36,11 +36,15 @@ mod state;
 
 use std::future::Future;
 
-use axum::extract::{MatchedPath, State};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, Uri};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use livebattle_engine::{Engine, EngineError};
+use livebattle_ingest::CALLBACK_PATH;
 use livebattle_store_redb::RedbStore;
 use livebattle_store_redis::{RedisOptions, RedisStore};
 use tokio::net::TcpListener;
@@ -70,6 +74,11 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The whole HTTP surface on `state`.
+///
+/// Every routed request is counted and logged by [`metrics::track`], a route layer, except the
+/// webhook route: it is the hot path, and axum's route layer costs a boxed service clone and a
+/// boxed future per request on top of `from_fn`'s own; its handler counts itself with the same
+/// [`metrics::observe`].
 pub fn app(state: AppState) -> Router {
     let routes = Router::new()
         .route("/", get(assets::index))
@@ -90,9 +99,49 @@ pub fn app(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
+    let callback_route = metrics::RouteKey::of(CALLBACK_PATH);
+    let webhook = Router::new()
+        .route(
+            CALLBACK_PATH,
+            post(callback).fallback(callback_method_not_allowed),
+        )
+        .with_state((state.clone(), callback_route));
     routes
-        .merge(state.ingest().router())
         .route_layer(axum::middleware::from_fn_with_state(state, metrics::track))
+        .merge(webhook)
+}
+
+/// `POST /callback`: the ingest handler, counted like every routed request.
+async fn callback(
+    State((state, route)): State<(AppState, metrics::RouteKey)>,
+    request: Request,
+) -> Response {
+    let method = request.method().clone();
+    counted(&state, route, method, state.ingest().handle(request)).await
+}
+
+/// Any other method on `/callback`: Tencent's 405, counted like every routed request.
+async fn callback_method_not_allowed(
+    State((state, route)): State<(AppState, metrics::RouteKey)>,
+    method: Method,
+) -> Response {
+    counted(&state, route, method, async {
+        state.ingest().refuse_method()
+    })
+    .await
+}
+
+/// Awaits `reply` and counts it as [`metrics::track`] would.
+async fn counted(
+    state: &AppState,
+    route: metrics::RouteKey,
+    method: Method,
+    reply: impl Future<Output = Response>,
+) -> Response {
+    let started = Instant::now();
+    let response = reply.await;
+    metrics::observe(state, route, &method, &response, started);
+    response
 }
 
 async fn no_route(State(state): State<AppState>, method: Method, uri: Uri) -> ApiError {

@@ -25,18 +25,20 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 pub struct HttpMetrics {
     /// Keyed by the route's index in [`crate::ROUTES`] (the usual case: no allocation, no
     /// string comparison in the map), or by the route's text for any other label.
-    requests: Mutex<HashMap<(RouteKey, &'static str, u16), u64>>,
+    requests: Mutex<HashMap<(RouteKey, &'static str, u16), u64, foldhash::fast::RandomState>>,
 }
 
+/// A route label as [`HttpMetrics`] keys it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum RouteKey {
+pub(crate) enum RouteKey {
     Known(usize),
     Unmatched,
     Other(Box<str>),
 }
 
 impl RouteKey {
-    fn of(route: &str) -> RouteKey {
+    /// The key of a route template (or of [`UNMATCHED_ROUTE`]).
+    pub(crate) fn of(route: &str) -> RouteKey {
         if route == UNMATCHED_ROUTE {
             return RouteKey::Unmatched;
         }
@@ -61,13 +63,20 @@ impl HttpMetrics {
         self.record_key(RouteKey::of(route), method, status);
     }
 
-    fn record_key(&self, route: RouteKey, method: &Method, status: u16) {
+    /// Counts one request; returns the route (for the log line).
+    fn record_key(&self, route: RouteKey, method: &Method, status: u16) -> RouteKey {
         let key = (route, method_label(method), status);
         let mut map = self
             .requests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *map.entry(key).or_insert(0) += 1;
+        match map.get_mut(&key) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(key.clone(), 1);
+            }
+        }
+        key.0
     }
 
     /// `(route, method, status, count)` for every non-zero counter, sorted.
@@ -109,10 +118,23 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .get::<MatchedPath>()
         .map_or(RouteKey::Unmatched, |p| RouteKey::of(p.as_str()));
     let response = next.run(request).await;
+    observe(&state, route, &method, &response, started);
+    response
+}
+
+/// Counts and logs one routed request that started at `started`: [`track`]'s work, also done
+/// by the webhook route, which is served outside the route layer (`crate::app`).
+pub(crate) fn observe(
+    state: &AppState,
+    route: RouteKey,
+    method: &Method,
+    response: &Response,
+    started: Instant,
+) {
     let status = response.status();
-    state
+    let route = state
         .http_metrics()
-        .record_key(route.clone(), &method, status.as_u16());
+        .record_key(route, method, status.as_u16());
     let route = route.label();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status.is_server_error() {
@@ -120,7 +142,6 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     } else {
         tracing::debug!(%method, route, status = status.as_u16(), elapsed_ms, "request");
     }
-    response
 }
 
 /// `GET /metrics`.

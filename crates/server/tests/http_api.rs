@@ -258,6 +258,7 @@ async fn metrics_exposition() {
     let _sse = server.sse("/v1/events", None).await;
     server.get("/v1/battles/m1").await;
     server.get("/no/such/route").await;
+    server.get("/callback").await; // the webhook route outside the route layer counts too
 
     let r = server
         .client
@@ -289,6 +290,7 @@ async fn metrics_exposition() {
         "livebattle_http_requests_total{route=\"/v1/battles/{battle_id}\",method=\"GET\",status=\"200\"}",
         "livebattle_http_requests_total{route=\"/callback\",method=\"POST\",status=\"401\"} 1",
         "livebattle_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1",
+        "livebattle_http_requests_total{route=\"/callback\",method=\"GET\",status=\"405\"} 1",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }
