@@ -161,6 +161,9 @@ impl<'de> Deserialize<'de> for Account {
         // The raw token keeps every digit of an integer beyond 2^53, or beyond u64.
         let raw = <&'de RawValue>::deserialize(d)?;
         let text = raw.get();
+        if let Some(plain) = plain_string(text) {
+            return Ok(Account(plain.to_owned()));
+        }
         if text.starts_with('"') {
             return serde_json::from_str::<String>(text)
                 .map(Account)
@@ -179,6 +182,15 @@ impl<'de> Deserialize<'de> for Account {
         };
         Err(de::Error::invalid_type(unexpected, &AccountExpecting))
     }
+}
+
+/// The value of a raw JSON string token without escapes (`"abc"` → `abc`): its text between the
+/// quotes is exactly its value, with no second parse. `None` for anything else (an escaped
+/// string, a number, …), which the caller parses the full way.
+pub(crate) fn plain_string(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    // A token from the parser: without a backslash, no quote can be inside either.
+    (!inner.as_bytes().contains(&b'\\')).then_some(inner)
 }
 
 struct ObjectVisitor<T>(PhantomData<T>);
@@ -272,6 +284,25 @@ mod tests {
         for bad in ["1.5", "1e5", "{}", "[1]", "true"] {
             let e = account(bad).unwrap_err();
             assert!(e.contains(ACCOUNT_EXPECTING), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn plain_strings_are_their_text() {
+        for (raw, plain) in [
+            ("\"abc\"", Some("abc")),
+            ("\"\"", Some("")),
+            ("\"é 1\"", Some("é 1")),
+            ("\"a\\u0041\"", None),
+            ("\"a\\\"b\"", None),
+            ("12", None),
+            ("\"", None),
+            ("null", None),
+        ] {
+            assert_eq!(plain_string(raw), plain, "{raw}");
+            if let Some(p) = plain {
+                assert_eq!(serde_json::from_str::<String>(raw).unwrap(), p);
+            }
         }
     }
 

@@ -200,6 +200,12 @@ fn check_command(command: &Command, body_command: Option<&RawValue>) -> Result<(
             format!("body has no CallbackCommand; the URL says {url}"),
         ));
     };
+    // Usual case: a string token without escapes, whose text is its value.
+    if let Some(text) = crate::fields::plain_string(raw.get()) {
+        if text == url {
+            return Ok(());
+        }
+    }
     match serde_json::from_str::<String>(raw.get()) {
         Ok(body_command) if body_command == url => Ok(()),
         Ok(body_command) => Err(Refusal::new(

@@ -285,6 +285,21 @@ async fn body_over_the_limit_4131() {
     // Under the limit passes.
     let tiny = r#"{"CallbackCommand":"Live.CallbackAfterEndBattle","BattleId":"t"}"#;
     small.post(&query(APP, END), tiny).await.assert_ok();
+    // Also in several pieces (joined in order), and with empty pieces among them.
+    let pieces = [
+        "",
+        "{\"CallbackCommand\":",
+        "",
+        "\"Live.CallbackAfterEndBattle\",",
+        "\"BattleId\":\"t2\"}",
+    ];
+    let chunks: Vec<Result<Bytes, std::io::Error>> = pieces
+        .iter()
+        .map(|p| Ok(Bytes::from_static(p.as_bytes())))
+        .collect();
+    let body = Body::from_stream(tokio_stream::iter(chunks));
+    small.post(&query(APP, END), body).await.assert_ok();
+    assert!(small.engine.battle("t2").is_some());
 }
 
 #[tokio::test(start_paused = true)]
