@@ -33,6 +33,7 @@
 
 mod command;
 pub mod config;
+mod fast_json;
 mod fields;
 pub mod handler;
 pub mod metrics;
