@@ -33,7 +33,6 @@
 
 mod command;
 pub mod config;
-mod fast_json;
 mod fields;
 pub mod handler;
 pub mod metrics;

@@ -168,14 +168,11 @@ macro_rules! wire_command {
 
 wire_command!(CreateWire, BattleWire, DestroyRoomWire);
 
-/// The command's fields. Fast path: one pass of the strict reader (`fast_json`, the usual
-/// body), else one plain serde_json pass. Only when both fail are the careful passes run, to
-/// tell malformed JSON (4001) and a wrong command (4002) from a wrong field (4222, with the
-/// field's path).
+/// The command's fields. Fast path: one plain pass. Only when it fails are the careful passes
+/// run, to tell malformed JSON (4001) and a wrong command (4002) from a wrong field (4222, with
+/// the field's path).
 fn wire<'de, T: Wire<'de>>(command: &Command, body: &'de [u8]) -> Result<T, Refusal> {
-    let plain = crate::fast_json::from_slice::<ObjectOnly<T>>(body)
-        .or_else(|| serde_json::from_slice::<ObjectOnly<T>>(body).ok());
-    if let Some(ObjectOnly(w)) = plain {
+    if let Ok(ObjectOnly(w)) = serde_json::from_slice::<ObjectOnly<T>>(body) {
         check_command(command, w.command())?;
         return Ok(w);
     }
@@ -329,117 +326,4 @@ fn room_destroyed(w: DestroyRoomWire<'_>) -> Result<RoomDestroyed, Refusal> {
         room_id,
         event_time_ms: w.event_time.map(|i| i.0),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    //! The strict reader (`fast_json`) against serde_json: on every body the first accepts, both
-    //! build the same event.
-
-    use super::*;
-    use proptest::prelude::*;
-
-    /// If the strict reader takes `body` as a `T`, serde_json takes it too and `build` makes the
-    /// same event of both. Returns whether the strict reader took it.
-    fn agree<'de, T: Wire<'de>, E: PartialEq + std::fmt::Debug>(
-        body: &'de [u8],
-        build: fn(T) -> Result<E, Refusal>,
-    ) -> bool {
-        let Some(ObjectOnly(fast)) = crate::fast_json::from_slice::<ObjectOnly<T>>(body) else {
-            return false;
-        };
-        let text = String::from_utf8_lossy(body);
-        let ObjectOnly(reference) = serde_json::from_slice::<ObjectOnly<T>>(body)
-            .unwrap_or_else(|e| panic!("serde_json refuses what fast_json took ({e}): {text}"));
-        let command = |w: &T| w.command().map(|c| c.get().to_owned());
-        assert_eq!(command(&fast), command(&reference), "{text}");
-        assert_eq!(build(fast), build(reference), "{text}");
-        true
-    }
-
-    /// Both battle wires on `body`; whether the strict reader took it as either.
-    fn agree_all(body: &[u8]) -> bool {
-        let create = agree::<CreateWire, _>(body, created);
-        let end = agree::<BattleWire, _>(body, ended);
-        let destroy = agree::<DestroyRoomWire, _>(body, room_destroyed);
-        create || end || destroy
-    }
-
-    /// JSON text of a value: mostly within the strict subset, some outside it (escapes,
-    /// floats, `-0`, leading zeros, out-of-range integers, bad escapes).
-    fn value() -> impl Strategy<Value = String> {
-        let leaf = prop_oneof![
-            4 => "[a-zA-Z0-9 ._/+=é-]{0,10}".prop_map(|s| format!("\"{s}\"")),
-            1 => "[a-z\"\\\\/ntu0-9]{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap()),
-            1 => "[a-z\\\\]{0,4}".prop_map(|s| format!("\"{s}\"")),
-            3 => any::<i64>().prop_map(|n| n.to_string()),
-            2 => any::<u64>().prop_map(|n| n.to_string()),
-            2 => (0u32..100_000).prop_map(|n| n.to_string()),
-            1 => prop_oneof![
-                Just("-0"), Just("01"), Just("1.0"), Just("7.5"), Just("1e3"), Just("-"),
-                Just("18446744073709551616"), Just("-9223372036854775808"), Just("true"),
-                Just("false"), Just("null"), Just("nul"), Just("\"\\u0041\""),
-                Just("\"12\""), Just("\"x"), Just("1 2"),
-            ]
-            .prop_map(str::to_owned),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4)
-                    .prop_map(|v| format!("[{}]", v.join(","))),
-                prop::collection::vec((key(), inner), 0..4).prop_map(|kv| object(&kv)),
-            ]
-        })
-    }
-
-    fn key() -> impl Strategy<Value = String> {
-        prop_oneof![
-            8 => prop::sample::select(vec![
-                "CallbackCommand", "BattleId", "Operator_Account", "FromRoomId", "ToRoomIdList",
-                "Timeout", "Duration", "NeedResponse", "ExtensionInfo", "EventTime",
-                "CreateTime", "StartTime", "EndTime", "OpType", "FromRoomInfo", "ToRoomList",
-                "RoomId", "Owner_Account", "Score", "EventType", "Unknown",
-            ])
-            .prop_map(str::to_owned),
-            1 => "[A-Za-z_é]{1,8}",
-        ]
-    }
-
-    fn object(fields: &[(String, String)]) -> String {
-        let items: Vec<String> = fields
-            .iter()
-            .map(|(k, v)| format!("\"{k}\" : {v}"))
-            .collect();
-        format!("{{ {} }}", items.join(",\n"))
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
-
-        #[test]
-        fn strict_reader_builds_what_serde_json_builds(
-            fields in prop::collection::vec((key(), value()), 0..10),
-            room in prop::collection::vec((key(), value()), 0..4),
-            trailing in prop::sample::select(vec!["", " ", "\n", " x", "}"]),
-        ) {
-            let mut fields = fields;
-            fields.push(("FromRoomInfo".into(), object(&room)));
-            fields.push(("ToRoomList".into(), format!("[{}]", object(&room))));
-            let body = format!("{}{trailing}", object(&fields));
-            agree_all(body.as_bytes());
-        }
-    }
-
-    #[test]
-    fn the_usual_bodies_take_the_strict_reader() {
-        let create = br#"{"CallbackCommand":"Live.CallbackAfterCreateBattle","Operator_Account":"op","BattleId":"4siHsNsWN/T3aub9zKraqPbSEGRX2z6gs3LDFi+d/3M=","FromRoomId":"pk-3","ToRoomIdList":["pk-5"],"Timeout":30000,"Duration":60000,"NeedResponse":false,"ExtensionInfo":"extension pk","EventTime":1739954005000}"#;
-        let end = br#"{"CallbackCommand":"Live.CallbackAfterEndBattle","BattleId":"b1","Duration":600000,"CreateTime":1739954005,"StartTime":1739954005,"EndTime":1739954065,"OpType":1,"FromRoomInfo":{"RoomId":"a","Score":1,"Owner_Account":144115245353757792},"ToRoomList":[{"RoomId":"b","Score":-2,"Owner_Account":"y"}],"EventTime":1739954065000}"#;
-        let destroy = br#"{"CallbackCommand":"Live.CallbackAfterDestroyRoom","RoomId":"pk-3","EventTime":1739954065000,"EventType":"x","Operator_Account":"op","RoomInfo":{"a":[1,{"b":null}]},"Statistic":{}}"#;
-        assert!(agree::<CreateWire, _>(create, created));
-        assert!(agree::<BattleWire, _>(end, ended));
-        assert!(agree::<DestroyRoomWire, _>(destroy, room_destroyed));
-        // Outside the subset: left to serde_json.
-        let escaped = br#"{"CallbackCommand":"Live.CallbackAfterEndBattle","BattleId":"b\u0031"}"#;
-        assert!(!agree::<BattleWire, _>(escaped, ended));
-    }
 }
