@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instruction profile of the webhook hot path with callgrind (repeatable on a busy machine).
 #
-#   bash scripts/profile-webhooks.sh [MODE] [REQUESTS]     # MODE: in-memory (default) or bare
+#   bash scripts/profile-webhooks.sh [MODE] [REQUESTS]     # MODE: in-memory (default), bare or durable
 #
 # Builds the `webhooks` bench with line tables (its own target dir, so the optimised code is the
 # release code plus debug info), starts `webhooks --serve MODE` under
@@ -17,6 +17,7 @@ mode="${1:-in-memory}"
 requests="${2:-20000}"
 target="${PROFILE_TARGET_DIR:-target/profile}"
 out_dir="${OUT_DIR:-$(mktemp -d)}"
+mkdir -p "$out_dir"
 out="$out_dir/callgrind.webhooks-$mode.out"
 
 CARGO_PROFILE_BENCH_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
