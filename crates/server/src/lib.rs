@@ -78,7 +78,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// Every routed request is counted and logged by [`metrics::track`], a route layer, except the
 /// webhook route: it is the hot path, and axum's route layer costs a boxed service clone and a
 /// boxed future per request on top of `from_fn`'s own; its handler counts itself with the same
-/// [`metrics::observe`].
+/// `metrics::observe`.
 pub fn app(state: AppState) -> Router {
     let routes = Router::new()
         .route("/", get(assets::index))
