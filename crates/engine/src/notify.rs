@@ -112,6 +112,27 @@ pub struct Subscription {
     live: BroadcastStream<Arc<Notification>>,
     filter: Filter,
     after_seq: u64,
+    /// The per-battle or per-room channel map this subscription listens through, to let go of
+    /// the channel when it is the last listener.
+    keyed: Option<Arc<Keyed>>,
+}
+
+/// Per-battle or per-room broadcast channels, by key.
+type Keyed = DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>;
+
+impl Drop for Subscription {
+    /// The last subscriber of a battle or room takes its channel with it (a room that never sees
+    /// another battle would otherwise keep it for good).
+    fn drop(&mut self) {
+        let key = match &self.filter {
+            Filter::Battle(k) | Filter::Room(k) => k.as_str(),
+            Filter::All => return,
+        };
+        if let Some(map) = &self.keyed {
+            // This subscription's receiver is still alive here: it is the last when it is alone.
+            map.remove_if(key, |_, tx| tx.receiver_count() <= 1);
+        }
+    }
 }
 
 impl Subscription {
@@ -176,8 +197,8 @@ pub(crate) struct Hub {
     /// the replay ring is on): until then the shards skip building notifications.
     audience: std::sync::atomic::AtomicBool,
     all: broadcast::Sender<Arc<Notification>>,
-    by_battle: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
-    by_room: DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
+    by_battle: Arc<Keyed>,
+    by_room: Arc<Keyed>,
     observers: RwLock<Vec<Arc<dyn Observer>>>,
     channel_capacity: usize,
     ring_capacity: usize,
@@ -206,8 +227,8 @@ impl Hub {
             }),
             audience: std::sync::atomic::AtomicBool::new(ring_capacity > 0),
             all: broadcast::channel(channel_capacity).0,
-            by_battle: DashMap::new(),
-            by_room: DashMap::new(),
+            by_battle: Arc::default(),
+            by_room: Arc::default(),
             observers: RwLock::new(Vec::new()),
             channel_capacity,
             ring_capacity,
@@ -387,6 +408,7 @@ impl Hub {
                 live: BroadcastStream::new(self.all.subscribe()),
                 filter,
                 after_seq: 0,
+                keyed: None,
             },
         }
     }
@@ -425,10 +447,16 @@ impl Hub {
                 after
             }
         };
-        let rx = match &filter {
-            Filter::All => self.all.subscribe(),
-            Filter::Battle(id) => keyed_receiver(&self.by_battle, id, self.channel_capacity),
-            Filter::Room(r) => keyed_receiver(&self.by_room, r, self.channel_capacity),
+        let (rx, keyed) = match &filter {
+            Filter::All => (self.all.subscribe(), None),
+            Filter::Battle(id) => (
+                keyed_receiver(&self.by_battle, id, self.channel_capacity),
+                Some(self.by_battle.clone()),
+            ),
+            Filter::Room(r) => (
+                keyed_receiver(&self.by_room, r, self.channel_capacity),
+                Some(self.by_room.clone()),
+            ),
         };
         drop(g);
         Ok(Subscription {
@@ -436,6 +464,7 @@ impl Hub {
             live: BroadcastStream::new(rx),
             filter,
             after_seq: start,
+            keyed,
         })
     }
 
@@ -460,11 +489,7 @@ impl Hub {
     }
 }
 
-fn send_keyed(
-    map: &DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
-    key: &str,
-    n: &Arc<Notification>,
-) {
+fn send_keyed(map: &Keyed, key: &str, n: &Arc<Notification>) {
     let mut unused = false;
     if let Some(tx) = map.get(key) {
         unused = tx.send(n.clone()).is_err();
@@ -479,7 +504,7 @@ fn send_keyed(
 const KEYED_CAPACITY: usize = 64;
 
 fn keyed_receiver(
-    map: &DashMap<Box<str>, broadcast::Sender<Arc<Notification>>>,
+    map: &Keyed,
     key: &str,
     capacity: usize,
 ) -> broadcast::Receiver<Arc<Notification>> {
@@ -516,6 +541,26 @@ mod tests {
             out.push(n.seq);
         }
         out
+    }
+
+    #[test]
+    fn the_last_subscriber_of_a_battle_or_room_takes_its_channel_along() {
+        let hub = Hub::new(64, 16, 0);
+        let one = hub.subscribe_live(Filter::Battle("b".into()));
+        let two = hub.subscribe_live(Filter::Battle("b".into()));
+        let room = hub.subscribe_live(Filter::Room("pk-3".into()));
+        assert_eq!((hub.by_battle.len(), hub.by_room.len()), (1, 1));
+        drop(one);
+        assert_eq!(hub.by_battle.len(), 1, "another subscriber still listens");
+        let mut two = two;
+        hub.publish(vec![note(1)]);
+        assert_eq!(seqs(&mut two), [1], "the channel still delivers");
+        drop(two);
+        drop(room);
+        assert_eq!((hub.by_battle.len(), hub.by_room.len()), (0, 0));
+        let mut again = hub.subscribe_live(Filter::Battle("b".into()));
+        hub.publish(vec![note(2)]);
+        assert_eq!(seqs(&mut again), [2], "a new subscriber gets a new channel");
     }
 
     #[test]
