@@ -12,16 +12,14 @@
 //! latency is per request, client side. Client, instances and Redis share this machine.
 
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 mod common;
 
-use common::{arg, http_client, now_ms, query, smoke, APP, TOKEN};
+use common::{arg, drive, now_ms, pct_ms, smoke, APP, TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_livebattle");
 
@@ -58,88 +56,6 @@ async fn instance(storage: &[String]) -> (Child, String) {
     (child, format!("http://{addr}"))
 }
 
-struct Totals {
-    ok: u64,
-    errors: u64,
-    latencies_us: Vec<u64>,
-}
-
-async fn drive(bases: &[String], label: &str, seconds: u64, connections: usize) -> (Totals, f64) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let stop = stop.clone();
-        let url = format!("{}/callback", bases[c % bases.len()]);
-        let label = label.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let client = http_client();
-            let mut t = Totals {
-                ok: 0,
-                errors: 0,
-                latencies_us: Vec::new(),
-            };
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("{label}-{c}-{i}");
-                i += 1;
-                let at = now_ms();
-                let create = format!(
-                    r#"{{"CallbackCommand":"Live.CallbackAfterCreateBattle","Operator_Account":"op","BattleId":"{id}","FromRoomId":"a-{id}","ToRoomIdList":["b-{id}"],"Timeout":30000,"Duration":600000,"NeedResponse":false,"ExtensionInfo":"bench","EventTime":{at}}}"#
-                );
-                let end = format!(
-                    r#"{{"CallbackCommand":"Live.CallbackAfterEndBattle","BattleId":"{id}","Duration":600000,"CreateTime":{s},"StartTime":{s},"EndTime":{s},"OpType":1,"FromRoomInfo":{{"RoomId":"a-{id}","Score":1,"Owner_Account":"x"}},"ToRoomList":[{{"RoomId":"b-{id}","Score":2,"Owner_Account":"y"}}],"EventTime":{at}}}"#,
-                    s = at / 1000
-                );
-                for (command, body) in [
-                    ("Live.CallbackAfterCreateBattle", create),
-                    ("Live.CallbackAfterEndBattle", end),
-                ] {
-                    let sent = Instant::now();
-                    let reply = client
-                        .post(format!("{url}?{}", query(command)))
-                        .body(body)
-                        .send()
-                        .await;
-                    match reply {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            t.ok += 1;
-                            t.latencies_us.push(sent.elapsed().as_micros() as u64);
-                        }
-                        _ => t.errors += 1,
-                    }
-                }
-            }
-            t
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Totals {
-        ok: 0,
-        errors: 0,
-        latencies_us: Vec::new(),
-    };
-    for task in tasks {
-        if let Ok(t) = task.await {
-            all.ok += t.ok;
-            all.errors += t.errors;
-            all.latencies_us.extend(t.latencies_us);
-        }
-    }
-    all.latencies_us.sort_unstable();
-    (all, started.elapsed().as_secs_f64())
-}
-
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
-}
-
 async fn setup(label: &str, storages: Vec<Vec<String>>, seconds: u64, connections: usize) -> f64 {
     let mut children = Vec::new();
     let mut bases = Vec::new();
@@ -148,7 +64,8 @@ async fn setup(label: &str, storages: Vec<Vec<String>>, seconds: u64, connection
         children.push(child);
         bases.push(base);
     }
-    let (t, secs) = drive(&bases, label, seconds, connections).await;
+    let t = drive(&bases, label, seconds as f64, connections, None).await;
+    let secs = t.secs;
     for mut c in children {
         let _ = c.start_kill();
         let _ = c.wait().await;
@@ -156,9 +73,9 @@ async fn setup(label: &str, storages: Vec<Vec<String>>, seconds: u64, connection
     let rate = t.ok as f64 / secs;
     println!(
         "{label:>16}: {rate:>8.0} webhooks/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} ok, {} errors, {connections} connections, {secs:.1} s)",
-        pct(&t.latencies_us, 0.50),
-        pct(&t.latencies_us, 0.99),
-        pct(&t.latencies_us, 1.0),
+        pct_ms(&t.latencies_us, 0.50),
+        pct_ms(&t.latencies_us, 0.99),
+        pct_ms(&t.latencies_us, 1.0),
         t.ok,
         t.errors,
     );

@@ -33,9 +33,7 @@
 //! request at all.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::response::{IntoResponse, Response};
@@ -44,12 +42,7 @@ use livebattle_server::{serve, Config, Storage};
 
 mod common;
 
-use common::{arg, flag, http_client, now_ms, query, APP, TOKEN};
-
-/// CPU seconds (user + system, every thread) this process has used.
-fn process_cpu_s() -> f64 {
-    common::cpu_s(std::process::id())
-}
+use common::{arg, bodies, drive, flag, http_client, pct_ms, query, Run, APP, TOKEN};
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -57,125 +50,6 @@ fn loadavg() -> String {
         .split_whitespace()
         .take(1)
         .collect()
-}
-
-#[derive(Default)]
-struct Run {
-    ok: u64,
-    errors: u64,
-    secs: f64,
-    /// CPU seconds of this process (client and server) during the run.
-    cpu_s: f64,
-    /// Send to reply, µs.
-    latencies_us: Vec<u64>,
-    /// Scheduled send time to reply, µs (rate-limited runs only).
-    scheduled_us: Vec<u64>,
-}
-
-/// The two webhooks of one fresh battle.
-fn bodies(id: &str) -> [(&'static str, String); 2] {
-    let t = now_ms();
-    let create = format!(
-        r#"{{"CallbackCommand":"Live.CallbackAfterCreateBattle","Operator_Account":"op","BattleId":"{id}","FromRoomId":"a-{id}","ToRoomIdList":["b-{id}"],"Timeout":30000,"Duration":600000,"NeedResponse":false,"ExtensionInfo":"bench","EventTime":{t}}}"#
-    );
-    let end = format!(
-        r#"{{"CallbackCommand":"Live.CallbackAfterEndBattle","BattleId":"{id}","Duration":600000,"CreateTime":{s},"StartTime":{s},"EndTime":{s},"OpType":1,"FromRoomInfo":{{"RoomId":"a-{id}","Score":1,"Owner_Account":"x"}},"ToRoomList":[{{"RoomId":"b-{id}","Score":2,"Owner_Account":"y"}}],"EventTime":{t}}}"#,
-        s = t / 1000
-    );
-    [
-        ("Live.CallbackAfterCreateBattle", create),
-        ("Live.CallbackAfterEndBattle", end),
-    ]
-}
-
-/// Drives `addr` for `seconds` over `connections` keep-alive connections; `rate` (requests/s,
-/// over all connections) paces them, `None` is closed-loop.
-async fn drive(
-    addr: SocketAddr,
-    label: &str,
-    seconds: f64,
-    connections: usize,
-    rate: Option<f64>,
-) -> Run {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let started = Instant::now();
-    let cpu0 = process_cpu_s();
-    // Per connection: one request every `interval`, connections staggered over one interval.
-    let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r.max(1.0)));
-    for c in 0..connections {
-        let stop = stop.clone();
-        let label = label.to_string();
-        tasks.push(tokio::spawn(async move {
-            let client = http_client();
-            let url = format!("http://{addr}/callback");
-            let mut run = Run::default();
-            let mut next = interval.map(|iv| started + iv.mul_f64(c as f64 / connections as f64));
-            let mut i = 0u64;
-            // When the previous reply came; a request whose slot came while the connection was
-            // still waiting is timed from its slot, one sent on a free connection from its send.
-            let mut prev_done = started;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("{label}-{c}-{i}");
-                i += 1;
-                for (command, body) in bodies(&id) {
-                    if let (Some(at), Some(iv)) = (next.as_mut(), interval) {
-                        tokio::time::sleep_until((*at).into()).await;
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        *at += iv;
-                    }
-                    let sent = Instant::now();
-                    let scheduled = next
-                        .map(|at| at - interval.unwrap_or_default())
-                        .map(|slot| if prev_done > slot { slot } else { sent });
-                    let reply = client
-                        .post(format!("{url}?{}", query(command)))
-                        .body(body)
-                        .send()
-                        .await;
-                    match reply {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            run.ok += 1;
-                            run.latencies_us.push(sent.elapsed().as_micros() as u64);
-                            if let Some(s) = scheduled {
-                                run.scheduled_us.push(s.elapsed().as_micros() as u64);
-                            }
-                        }
-                        _ => run.errors += 1,
-                    }
-                    prev_done = Instant::now();
-                }
-            }
-            run
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = Run::default();
-    for t in tasks {
-        if let Ok(run) = t.await {
-            total.ok += run.ok;
-            total.errors += run.errors;
-            total.latencies_us.extend(run.latencies_us);
-            total.scheduled_us.extend(run.scheduled_us);
-        }
-    }
-    total.secs = started.elapsed().as_secs_f64();
-    total.cpu_s = process_cpu_s() - cpu0;
-    total.latencies_us.sort_unstable();
-    total.scheduled_us.sort_unstable();
-    total
-}
-
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
 /// The bare server's only handler: read the body, parse it as JSON, reply livebattle's ack.
@@ -243,17 +117,17 @@ fn report(label: &str, load: &str, run: &Run, connections: usize) {
         "{label:>9} {load:<11} {:>8.0} req/s {:>8.0} req/CPU-s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms{}  ({} ok, {} errors, {connections} connections, {:.1} s, {:.1} CPU-s, load {})",
         run.ok as f64 / run.secs,
         run.ok as f64 / run.cpu_s.max(0.01),
-        pct(&run.latencies_us, 0.50),
-        pct(&run.latencies_us, 0.99),
-        pct(&run.latencies_us, 1.0),
+        pct_ms(&run.latencies_us, 0.50),
+        pct_ms(&run.latencies_us, 0.99),
+        pct_ms(&run.latencies_us, 1.0),
         if run.scheduled_us.is_empty() {
             String::new()
         } else {
             format!(
                 "  | corrected: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-                pct(&run.scheduled_us, 0.50),
-                pct(&run.scheduled_us, 0.99),
-                pct(&run.scheduled_us, 1.0)
+                pct_ms(&run.scheduled_us, 0.50),
+                pct_ms(&run.scheduled_us, 0.99),
+                pct_ms(&run.scheduled_us, 1.0)
             )
         },
         run.ok,
@@ -275,16 +149,30 @@ async fn mode(
     half: bool,
 ) -> (f64, f64, Option<f64>) {
     let (addr, stop, server) = start(&mode).await;
-    let run = drive(addr, label, seconds, connections, None).await;
+    let run = drive(
+        &[format!("http://{addr}")],
+        label,
+        seconds,
+        connections,
+        None,
+    )
+    .await;
     report(label, "max", &run, connections);
     let max = run.ok as f64 / run.secs;
     let per_cpu = run.ok as f64 / run.cpu_s.max(0.01);
     let mut p99 = None;
     if half && max > 0.0 {
         let tag = format!("{label}-half");
-        let run = drive(addr, &tag, seconds, connections, Some(max / 2.0)).await;
+        let run = drive(
+            &[format!("http://{addr}")],
+            &tag,
+            seconds,
+            connections,
+            Some(max / 2.0),
+        )
+        .await;
         report(label, "half-rate", &run, connections);
-        p99 = Some(pct(&run.scheduled_us, 0.99));
+        p99 = Some(pct_ms(&run.scheduled_us, 0.99));
     }
     let _ = stop.send(());
     let _ = server.await;

@@ -1,6 +1,7 @@
-//! Shared by the benches that drive the real release `livebattle` binary (`timers`, `fanout`):
-//! starting it, signing callbacks, reading its memory and metrics, and a minimal SSE client over
-//! a raw `TcpStream` (light enough for 100,000 connections from one process).
+//! Shared by the server's benches: starting the real release `livebattle` binary, signing
+//! callbacks, reading its memory and metrics, a minimal SSE client over a raw `TcpStream` (light
+//! enough for 100,000 connections from one process), and the webhook load driver of `webhooks`
+//! and `scale_out` ([`drive`]).
 
 #![allow(dead_code)]
 
@@ -8,6 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -389,10 +392,10 @@ impl SseClient {
     }
 }
 
-/// Sorted-sample percentiles.
-pub fn pct(sorted: &[i64], p: f64) -> i64 {
+/// Sorted-sample percentiles (0 when there is no sample).
+pub fn pct<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return 0;
+        return T::default();
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -411,7 +414,7 @@ pub async fn post_all<F>(
 where
     F: Fn(usize) -> (&'static str, String) + Send + Sync + 'static,
 {
-    let make = std::sync::Arc::new(make);
+    let make = Arc::new(make);
     let mut tasks = Vec::new();
     for c in 0..connections {
         let make = make.clone();
@@ -465,4 +468,123 @@ where
         }
     }
     (ok, errors, all)
+}
+
+/// One driven run: replies, errors and latencies.
+#[derive(Default)]
+pub struct Run {
+    pub ok: u64,
+    pub errors: u64,
+    pub secs: f64,
+    /// CPU seconds of this process (client and server) during the run.
+    pub cpu_s: f64,
+    /// Send to reply, µs.
+    pub latencies_us: Vec<u64>,
+    /// Scheduled send time to reply, µs (rate-limited runs only).
+    pub scheduled_us: Vec<u64>,
+}
+
+/// The two webhooks of one fresh battle.
+pub fn bodies(id: &str) -> [(&'static str, String); 2] {
+    let t = now_ms();
+    let create = format!(
+        r#"{{"CallbackCommand":"Live.CallbackAfterCreateBattle","Operator_Account":"op","BattleId":"{id}","FromRoomId":"a-{id}","ToRoomIdList":["b-{id}"],"Timeout":30000,"Duration":600000,"NeedResponse":false,"ExtensionInfo":"bench","EventTime":{t}}}"#
+    );
+    let end = format!(
+        r#"{{"CallbackCommand":"Live.CallbackAfterEndBattle","BattleId":"{id}","Duration":600000,"CreateTime":{s},"StartTime":{s},"EndTime":{s},"OpType":1,"FromRoomInfo":{{"RoomId":"a-{id}","Score":1,"Owner_Account":"x"}},"ToRoomList":[{{"RoomId":"b-{id}","Score":2,"Owner_Account":"y"}}],"EventTime":{t}}}"#,
+        s = t / 1000
+    );
+    [
+        ("Live.CallbackAfterCreateBattle", create),
+        ("Live.CallbackAfterEndBattle", end),
+    ]
+}
+
+/// Drives the servers at `bases` (`http://host:port`; connection `c` posts to `bases[c % n]`)
+/// for `seconds` over `connections` keep-alive connections, each posting a Create then an End of
+/// a fresh battle again and again; `rate` (requests/s, over all connections) paces them, `None`
+/// is closed-loop.
+pub async fn drive(
+    bases: &[String],
+    label: &str,
+    seconds: f64,
+    connections: usize,
+    rate: Option<f64>,
+) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    let cpu0 = cpu_s(std::process::id());
+    // Per connection: one request every `interval`, connections staggered over one interval.
+    let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r.max(1.0)));
+    for c in 0..connections {
+        let stop = stop.clone();
+        let label = label.to_string();
+        let url = format!("{}/callback", bases[c % bases.len().max(1)]);
+        tasks.push(tokio::spawn(async move {
+            let client = http_client();
+            let mut run = Run::default();
+            let mut next = interval.map(|iv| started + iv.mul_f64(c as f64 / connections as f64));
+            let mut i = 0u64;
+            // When the previous reply came; a request whose slot came while the connection was
+            // still waiting is timed from its slot, one sent on a free connection from its send.
+            let mut prev_done = started;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("{label}-{c}-{i}");
+                i += 1;
+                for (command, body) in bodies(&id) {
+                    if let (Some(at), Some(iv)) = (next.as_mut(), interval) {
+                        tokio::time::sleep_until((*at).into()).await;
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        *at += iv;
+                    }
+                    let sent = Instant::now();
+                    let scheduled = next
+                        .map(|at| at - interval.unwrap_or_default())
+                        .map(|slot| if prev_done > slot { slot } else { sent });
+                    let reply = client
+                        .post(format!("{url}?{}", query(command)))
+                        .body(body)
+                        .send()
+                        .await;
+                    match reply {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            run.ok += 1;
+                            run.latencies_us.push(sent.elapsed().as_micros() as u64);
+                            if let Some(s) = scheduled {
+                                run.scheduled_us.push(s.elapsed().as_micros() as u64);
+                            }
+                        }
+                        _ => run.errors += 1,
+                    }
+                    prev_done = Instant::now();
+                }
+            }
+            run
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Run::default();
+    for t in tasks {
+        if let Ok(run) = t.await {
+            total.ok += run.ok;
+            total.errors += run.errors;
+            total.latencies_us.extend(run.latencies_us);
+            total.scheduled_us.extend(run.scheduled_us);
+        }
+    }
+    total.secs = started.elapsed().as_secs_f64();
+    total.cpu_s = cpu_s(std::process::id()) - cpu0;
+    total.latencies_us.sort_unstable();
+    total.scheduled_us.sort_unstable();
+    total
+}
+
+/// The `p` quantile of sorted µs samples, in ms.
+pub fn pct_ms(sorted_us: &[u64], p: f64) -> f64 {
+    pct(sorted_us, p) as f64 / 1000.0
 }
