@@ -42,7 +42,7 @@ use livebattle_server::{serve, Config, Storage};
 
 mod common;
 
-use common::{arg, bodies, drive, flag, http_client, pct_ms, query, Run, APP, TOKEN};
+use common::{arg, bodies, drive, flag, http_client, pct_ms, post_callback, Run, APP, TOKEN};
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -193,17 +193,9 @@ async fn drive_fixed(addr: SocketAddr, requests: u64, connections: usize) {
             let (mut ok, mut errors) = (0u64, 0u64);
             for i in 0..per {
                 for (command, body) in bodies(&format!("fixed-{pid}-{c}-{i}")) {
-                    match client
-                        .post(format!("{url}?{}", query(command)))
-                        .body(body)
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            ok += 1;
-                        }
-                        _ => errors += 1,
+                    match post_callback(&client, &url, command, body).await {
+                        Ok(()) => ok += 1,
+                        Err(_) => errors += 1,
                     }
                 }
             }

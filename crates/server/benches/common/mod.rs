@@ -401,6 +401,27 @@ pub fn pct<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Posts one signed callback to `url` (`…/callback`) and reads the reply; an error says what
+/// went wrong (the HTTP status, or the transport error).
+pub async fn post_callback(
+    client: &reqwest::Client,
+    url: &str,
+    command: &str,
+    body: String,
+) -> Result<(), String> {
+    let reply = client
+        .post(format!("{url}?{}", query(command)))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !reply.status().is_success() {
+        return Err(format!("HTTP {}", reply.status()));
+    }
+    let _ = reply.bytes().await;
+    Ok(())
+}
+
 /// Posts signed callbacks over `connections` keep-alive connections, closed loop; `make(i)`
 /// gives the command and body of callback `i` (0..n). Returns (ok, errors, ack instant of each
 /// callback when `keep_acks`).
@@ -425,24 +446,12 @@ where
             let mut i = c;
             while i < n {
                 let (command, body) = make(i);
-                let reply = client
-                    .post(format!("{url}?{}", query(command)))
-                    .body(body)
-                    .send()
-                    .await;
-                match reply {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
+                match post_callback(&client, &url, command, body).await {
+                    Ok(()) => {
                         ok += 1;
                         if keep_acks {
                             acks.push((i, Instant::now()));
                         }
-                    }
-                    Ok(r) => {
-                        if errors < 3 {
-                            eprintln!("callback {i}: HTTP {}", r.status());
-                        }
-                        errors += 1;
                     }
                     Err(e) => {
                         if errors < 3 {
@@ -544,21 +553,15 @@ pub async fn drive(
                     let scheduled = next
                         .map(|at| at - interval.unwrap_or_default())
                         .map(|slot| if prev_done > slot { slot } else { sent });
-                    let reply = client
-                        .post(format!("{url}?{}", query(command)))
-                        .body(body)
-                        .send()
-                        .await;
-                    match reply {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
+                    match post_callback(&client, &url, command, body).await {
+                        Ok(()) => {
                             run.ok += 1;
                             run.latencies_us.push(sent.elapsed().as_micros() as u64);
                             if let Some(s) = scheduled {
                                 run.scheduled_us.push(s.elapsed().as_micros() as u64);
                             }
                         }
-                        _ => run.errors += 1,
+                        Err(_) => run.errors += 1,
                     }
                     prev_done = Instant::now();
                 }
