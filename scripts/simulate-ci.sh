@@ -8,6 +8,7 @@
 # it, so a failing mix can be replayed), SIM_GRACE_MS (1000, the server's response grace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/server-lib.sh
 
 battles="${SIM_BATTLES:-40}"
 rate="${SIM_RATE:-20}"
@@ -21,15 +22,7 @@ cargo build --release -p livebattle-server -p livebattle-simulate --bins
 work="$(mktemp -d)"
 server_pid=""
 cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  stop_server "$server_pid" 50
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -26,6 +26,7 @@
 #                             with every eviction until then)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/server-lib.sh
 
 if [ "${LIVEBATTLE_BENCH_SMOKE:-}" = 1 ]; then
   secs="${SOAK_SECS:-20}"; rate="${SOAK_RATE:-20}"; retention="${SOAK_RETENTION_SECS:-5}"
@@ -50,14 +51,7 @@ server_pid=""
 sampler_pid=""
 cleanup() {
   [ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null || true
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$server_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$server_pid" 2>/dev/null || true
-  fi
+  stop_server "$server_pid" 100
   rm -rf "$work"
 }
 trap cleanup EXIT
