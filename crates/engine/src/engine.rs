@@ -408,19 +408,15 @@ impl Engine {
 
     /// Applies one event. Returns once the event's effect is applied, stored and published.
     pub async fn apply(&self, event: Event) -> Result<Applied, EngineError> {
-        let Some((shard, routed)) = self.route(event)? else {
+        let Some((shard, mut routed)) = self.route(event)? else {
             return Ok(Applied::unchanged(Outcome::NoBattle, None, 0));
         };
-        let mut routed = Some(routed);
         if let Some(cell) = self.inner.cells.get(shard) {
-            let inline = cell.inline(|s| routed.take().map(|(id, ev)| s.on_event(id, ev)));
-            if let Some(Some(applied)) = inline {
-                return applied;
+            match cell.inline(routed, |s, (id, ev)| s.on_event(id, ev)) {
+                Ok(applied) => return applied,
+                Err(back) => routed = back,
             }
         }
-        let Some(routed) = routed else {
-            return Err(EngineError::ShutDown);
-        };
         let (tx, rx) = oneshot::channel();
         self.inner.senders[shard]
             .send(Command::Apply {
@@ -453,30 +449,21 @@ impl Engine {
             }
         }
         let mut waits = Vec::new();
-        for (s, (idx, items)) in per_shard.into_iter().enumerate() {
+        for (s, (idx, mut items)) in per_shard.into_iter().enumerate() {
             if items.is_empty() {
                 continue;
             }
-            let mut items = Some(items);
             if let Some(cell) = self.inner.cells.get(s) {
-                let inline = cell.inline(|shard| {
-                    items.take().map(|items| {
-                        items
-                            .into_iter()
-                            .map(|(id, ev)| shard.on_event(id, ev))
-                            .collect::<Vec<_>>()
-                    })
-                });
-                if let Some(Some(rs)) = inline {
-                    for (i, r) in idx.into_iter().zip(rs) {
-                        results[i] = Some(r);
+                match cell.inline(items, Shard::apply_all) {
+                    Ok(rs) => {
+                        for (i, r) in idx.into_iter().zip(rs) {
+                            results[i] = Some(r);
+                        }
+                        continue;
                     }
-                    continue;
+                    Err(back) => items = back,
                 }
             }
-            let Some(items) = items else {
-                continue;
-            };
             let (tx, rx) = oneshot::channel();
             let sent = self.inner.senders[s]
                 .send(Command::Apply { items, reply: tx })

@@ -1,6 +1,6 @@
 //! The thin async shell: a shard is the single writer of its battles (its task, or an in-memory
-//! caller that finds it free: [`ShardCell::inline`]) and the owner of one timer queue. It feeds inputs to the pure core ([`crate::transition`]) and carries out the
-//! effects: arm/cancel timers, write the store (one batch per wake-up: group commit), publish
+//! caller that finds it free: [`ShardCell::inline`]) and the owner of one timer queue. It feeds
+//! inputs to the pure core ([`crate::transition`]) and carries out the effects: arm/cancel timers, write the store (one batch per wake-up: group commit), publish
 //! notifications, keep the room index, evict, and only then reply.
 
 use std::collections::{HashMap, VecDeque};
@@ -180,10 +180,7 @@ impl Shard {
         for cmd in buf.drain(..) {
             match cmd {
                 Command::Apply { items, reply } => {
-                    let results = items
-                        .into_iter()
-                        .map(|(id, ev)| self.on_event(id, ev))
-                        .collect();
+                    let results = self.apply_all(items);
                     self.replies.push((reply, results));
                 }
                 Command::Replicate { changes, done } => {
@@ -197,6 +194,14 @@ impl Shard {
             }
         }
         self.fire_due();
+    }
+
+    /// Applies routed events in order.
+    pub(crate) fn apply_all(&mut self, items: Vec<Routed>) -> Vec<Result<Applied, EngineError>> {
+        items
+            .into_iter()
+            .map(|(id, ev)| self.on_event(id, ev))
+            .collect()
     }
 
     /// Ends a step: metrics, then publish and answer (in memory) or start the store write.
@@ -640,30 +645,34 @@ impl ShardCell {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs `f` on the shard on the caller's task when the shard is free and may take it
-    /// ([`Shard::takes_inline`]); `None` when the caller must queue instead. Publishes and
-    /// answers what `f` changed before returning, and wakes the task if its next timer moved
-    /// earlier.
-    pub(crate) fn inline<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> Option<R> {
+    /// Runs `apply(shard, input)` on the caller's task when the shard is free and may take it
+    /// ([`Shard::takes_inline`]); gives `input` back when the caller must queue it instead.
+    /// Publishes and answers what it changed before returning, and wakes the task if its next
+    /// timer moved earlier.
+    pub(crate) fn inline<T, R>(
+        &self,
+        input: T,
+        apply: impl FnOnce(&mut Shard, T) -> R,
+    ) -> Result<R, T> {
         let mut guard = match self.shard.try_lock() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::WouldBlock) => return Err(input),
         };
         let shard = &mut *guard;
         if !shard.takes_inline() {
-            return None;
+            return Err(input);
         }
         shard.forget_expired();
         let next_before = shard.queue.next_deadline();
-        let r = f(shard);
+        let r = apply(shard, input);
         shard.finish_step();
         let next_after = shard.queue.next_deadline();
         drop(guard);
         if next_after.is_some() && (next_before.is_none() || next_after < next_before) {
             self.wake.notify_one();
         }
-        Some(r)
+        Ok(r)
     }
 
     /// The shard loop. Commands and timers are applied as they come, into the next batch; at
