@@ -545,14 +545,17 @@ impl Design {
             }
             Design::Naive(nv) => {
                 let st = nv.state.lock().unwrap_or_else(|e| e.into_inner());
-                let ok =
-                    (0..n)
-                        .filter(|&i| {
-                            good(st.battles.get(Workload::battle_id(i).as_str()).map(|s| {
-                                (s.battle.state, s.battle.end_reason, s.battle.end_op_type)
-                            }))
-                        })
-                        .count();
+                let ok = (0..n)
+                    .filter(|&i| {
+                        good(st.battles.get(Workload::battle_id(i).as_str()).map(|s| {
+                            (
+                                s.battle.state,
+                                s.battle.end_reason,
+                                s.battle.end_op_type.get(),
+                            )
+                        }))
+                    })
+                    .count();
                 (ok as u64, st.battles.len() as u64)
             }
         }

@@ -169,8 +169,9 @@ pub struct Timer {
     pub generation: u32,
 }
 
-/// An optional Unix-ms instant in 8 bytes instead of `Option<i64>`'s 16: `i64::MIN` means none
-/// (a `Some(i64::MIN)` is stored as `i64::MIN + 1`, a date no clock produces). Serialized, and
+/// An optional Unix-ms instant (or Tencent's `OpType` code) in 8 bytes instead of
+/// `Option<i64>`'s 16: `i64::MIN` means none (a `Some(i64::MIN)` is stored as `i64::MIN + 1`, a
+/// date no clock produces and a code Tencent does not send). Serialized, and
 /// compared with `Option<i64>` by [`OptMs::get`], exactly like an `Option<i64>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(from = "Option<i64>", into = "Option<i64>")]
@@ -314,7 +315,7 @@ pub struct Battle {
     /// Why it ended.
     pub end_reason: Option<EndReason>,
     /// Tencent's raw `OpType`, once the End webhook came.
-    pub end_op_type: Option<i64>,
+    pub end_op_type: OptMs,
     /// The rooms in the battle; two are kept inline.
     pub participants: Participants,
     /// How `started_at_ms` was learned; a better source refines a worse one.
@@ -362,7 +363,7 @@ impl Battle {
             ends_at_ms: OptMs::NONE,
             ended_at_ms: OptMs::NONE,
             end_reason: None,
-            end_op_type: None,
+            end_op_type: OptMs::NONE,
             participants: Participants::new(),
             start_source: None,
             known_since_ms: now_ms,
@@ -504,7 +505,7 @@ impl Battle {
             ends_at_ms: self.ends_at_ms.get(),
             ended_at_ms: self.ended_at_ms.get(),
             end_reason: self.end_reason,
-            end_op_type: self.end_op_type,
+            end_op_type: self.end_op_type.get(),
             next_deadline_ms: self.next_deadline_ms(),
             participants: self
                 .participants

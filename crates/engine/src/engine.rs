@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -14,6 +13,8 @@ use crate::metrics::Metrics;
 use crate::notify::{Filter, Hub, Observer, ResumeTooOld, Subscription};
 use crate::shard::{Command, Routed, Shard, ShardCell, Shared};
 use crate::store::{EphemeralStore, Store, StoreError};
+// A battle's shard is its part of the table: FNV-1a of the id, the same in every process.
+use crate::table::{part_of as shard_of, Table};
 use crate::transition::{Refusal, Rules};
 
 /// What applying an event did.
@@ -173,16 +174,7 @@ impl EngineBuilder {
         let clock = self.clock.unwrap_or_else(|| Arc::new(TokioClock::system()));
         let stored = loaded.battles.len();
         let shared = Arc::new(Shared {
-            battles: DashMap::with_capacity_and_hasher_and_shard_amount(
-                stored,
-                Default::default(),
-                MAP_SHARDS,
-            ),
-            rooms: DashMap::with_capacity_and_hasher_and_shard_amount(
-                2 * stored,
-                Default::default(),
-                MAP_SHARDS,
-            ),
+            table: Table::new(self.shards),
             hub: Hub::new(self.channel_capacity, self.replay_capacity, 0),
             clock,
             rules: self.rules,
@@ -207,11 +199,11 @@ impl EngineBuilder {
         // Rebuild the shards in parallel (one blocking task each): recovery of a large store is
         // bound by inserting battles, room links and timers.
         let mut building = Vec::with_capacity(n);
-        for (battles, evicted) in per_shard {
+        for (part, (battles, evicted)) in per_shard.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(self.queue_capacity);
             let shared = shared.clone();
             building.push(tokio::task::spawn_blocking(move || {
-                Shard::new(shared, battles, evicted)
+                Shard::new(shared, part, battles, evicted)
             }));
             senders.push(tx);
             receivers.push(rx);
@@ -258,20 +250,6 @@ impl EngineBuilder {
             }),
         })
     }
-}
-
-/// The shard that owns a battle: a fixed (unseeded) FNV-1a hash, so the placement is the same
-/// in every process.
-/// Lock stripes of the shared maps: enough that shard tasks and readers rarely meet.
-const MAP_SHARDS: usize = 128;
-
-fn shard_of(id: &str, n: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % n as u64) as usize
 }
 
 struct Inner {
@@ -392,11 +370,8 @@ impl Engine {
     fn route(&self, event: Event) -> Result<Option<(usize, Routed)>, EngineError> {
         let n = self.inner.senders.len();
         match &event {
-            Event::RoomDestroyed(d) => match self.inner.shared.rooms.get(d.room_id.as_str()) {
-                Some(id) => {
-                    let id = id.clone();
-                    Ok(Some((shard_of(&id, n), (Some(id), event))))
-                }
+            Event::RoomDestroyed(d) => match self.inner.shared.table.room_battle(&d.room_id) {
+                Some(id) => Ok(Some((shard_of(&id, n), (Some(id), event)))),
                 None => Ok(None),
             },
             other => match other.battle_id() {
@@ -497,16 +472,12 @@ impl Engine {
     /// One battle's snapshot.
     pub fn battle(&self, battle_id: &str) -> Option<BattleSnapshot> {
         let now = self.now_ms();
-        self.inner
-            .shared
-            .battles
-            .get(battle_id)
-            .map(|s| s.battle.snapshot(now))
+        self.inner.shared.table.with(battle_id, |b| b.snapshot(now))
     }
 
     /// How many battles are held (live and retained).
     pub fn battle_count(&self) -> usize {
-        self.inner.shared.battles.len()
+        self.inner.shared.table.len()
     }
 
     /// Battles matching `state` and/or `room`, ordered by battle id, at most `limit` after the
@@ -519,35 +490,31 @@ impl Engine {
         limit: usize,
     ) -> Vec<BattleSnapshot> {
         let now = self.now_ms();
-        let mut ids: Vec<Arc<str>> = self
-            .inner
-            .shared
-            .battles
-            .iter()
-            .filter(|e| {
-                let b = &e.value().battle;
-                state.is_none_or(|s| b.state == s)
-                    && room.is_none_or(|r| b.rooms().contains(&r))
-                    && after.is_none_or(|a| &*b.id > a)
-            })
-            .map(|e| e.key().clone())
-            .collect();
+        let table = &self.inner.shared.table;
+        let mut ids: Vec<Arc<str>> = Vec::new();
+        for i in 0..table.parts() {
+            ids.extend(
+                table
+                    .read(i)
+                    .iter()
+                    .filter(|b| {
+                        state.is_none_or(|s| b.state == s)
+                            && room.is_none_or(|r| b.rooms().contains(&r))
+                            && after.is_none_or(|a| &*b.id > a)
+                    })
+                    .map(|b| b.id.clone()),
+            );
+        }
         ids.sort_unstable();
         ids.truncate(limit);
         ids.iter()
-            .filter_map(|id| {
-                self.inner
-                    .shared
-                    .battles
-                    .get(id)
-                    .map(|s| s.battle.snapshot(now))
-            })
+            .filter_map(|id| table.with(id, |b| b.snapshot(now)))
             .collect()
     }
 
     /// The live battle a room is in now.
     pub fn room_battle(&self, room_id: &str) -> Option<BattleSnapshot> {
-        let id = self.inner.shared.rooms.get(room_id)?.clone();
+        let id = self.inner.shared.table.room_battle(room_id)?;
         self.battle(&id)
     }
 

@@ -28,6 +28,7 @@ mod shard;
 pub mod store;
 #[cfg(feature = "store-contract")]
 pub mod store_contract;
+mod table;
 mod timers;
 pub mod transition;
 

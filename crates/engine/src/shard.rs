@@ -7,7 +7,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::task::Poll;
 
-use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::battle::{Battle, State, Timer, TimerKind};
@@ -17,23 +16,19 @@ use crate::event::{Cause, Event};
 use crate::metrics::{Metrics, MetricsDelta};
 use crate::notify::{Hub, Notification, Target};
 use crate::store::{Store, StoreOp};
+use crate::table::{Part, Slot, Table};
 use crate::timers::TimerQueue;
 use crate::transition::{apply_event, apply_timer, Change, Effects, Rules};
 
 mod shared;
-
-/// A battle as the shard keeps it (boxed: the map's buckets stay small).
-pub(crate) struct Slot {
-    pub(crate) battle: Box<Battle>,
-}
 
 /// The hasher of the engine's maps: fast, and seeded per process.
 pub(crate) type Hasher = foldhash::fast::RandomState;
 
 /// State shared by all shards and the engine handle (read side).
 pub(crate) struct Shared {
-    pub(crate) battles: DashMap<Arc<str>, Slot, Hasher>,
-    pub(crate) rooms: DashMap<Arc<str>, Arc<str>, Hasher>,
+    /// Every battle, one part per shard (the shard writes it, queries read it).
+    pub(crate) table: Table,
     pub(crate) hub: Hub,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rules: Rules,
@@ -78,6 +73,8 @@ pub(crate) struct TimerEntry {
 
 pub(crate) struct Shard {
     shared: Arc<Shared>,
+    /// This shard's part of [`Shared::table`].
+    part: usize,
     queue: TimerQueue<TimerEntry>,
     due: Vec<(i64, TimerEntry)>,
     /// Evicted ids still inside the dedupe horizon, and when each may be forgotten.
@@ -113,11 +110,13 @@ struct Writing {
 impl Shard {
     pub(crate) fn new(
         shared: Arc<Shared>,
+        part: usize,
         battles: Vec<Battle>,
         evicted: Vec<(Arc<str>, i64)>,
     ) -> Shard {
         let mut shard = Shard {
             shared,
+            part,
             queue: TimerQueue::new(),
             due: Vec::new(),
             evicted: HashMap::default(),
@@ -148,18 +147,11 @@ impl Shard {
     /// Re-inserts a stored battle and re-arms its timer from its absolute deadline; a deadline
     /// that passed while the process was down fires at once and is reported late.
     fn restore(&mut self, b: Battle) {
-        let id = b.id.clone();
         self.delta.state_moved(None, Some(b.state));
-        self.index_rooms(&b);
         if let Some(t) = b.timer {
-            self.insert_timer(&id, t);
+            self.insert_timer(&b.id, t);
         }
-        self.shared.battles.insert(
-            id,
-            Slot {
-                battle: Box::new(b),
-            },
-        );
+        self.shared.table.write(self.part).insert(b);
     }
 
     fn insert_timer(&mut self, id: &Arc<str>, t: Timer) {
@@ -263,8 +255,10 @@ impl Shard {
         let cause = event.cause();
         let shared = self.shared.clone();
         let rules = &shared.rules;
-        let mut slot = shared.battles.get_mut(id);
-        let existing = slot.as_deref_mut().map(|s| &mut *s.battle);
+        let mut part = shared.table.write(self.part);
+        let slot = part.find(id);
+        let linked = slot.map(|s| part.linked_keys(s)).unwrap_or_default();
+        let existing = slot.and_then(|s| part.at_mut(s));
         let before_state = existing.as_ref().map(|b| b.state);
         let before_timer = existing.as_ref().and_then(|b| b.timer);
         let before_version = existing.as_ref().map(|b| b.version);
@@ -272,48 +266,67 @@ impl Shard {
         self.delta.event(matches!(fx.change, Change::Duplicate));
         match new {
             Some(b) => {
-                drop(slot);
                 if !fx.change.notifies() {
                     return Ok(Applied::unchanged(Outcome::Unchanged, None, 0));
                 }
-                let key = b.id.clone();
                 if let Some(t) = b.timer {
                     self.delta.timer_armed(false);
-                    self.insert_timer(&key, t);
+                    self.insert_timer(&b.id, t);
                 }
                 let applied = self.after_change(&b, fx, cause, None, None, now);
-                self.shared.battles.insert(
-                    key,
-                    Slot {
-                        battle: Box::new(b),
-                    },
-                );
+                part.insert(b);
                 Ok(applied)
             }
             None => {
-                let Some(slot) = slot.as_deref_mut() else {
+                let Some(slot) = slot else {
                     return Err(EngineError::Refused(
                         crate::transition::Refusal::UnknownBattle,
                     ));
                 };
-                let key = slot.battle.id.clone();
-                self.retime(slot, &key, before_timer);
-                Ok(self.after_change(&slot.battle, fx, cause, before_state, before_version, now))
+                self.follow_rooms(&mut part, slot, &linked, &fx, cause, before_state);
+                let Some(b) = part.at(slot) else {
+                    return Err(EngineError::Refused(
+                        crate::transition::Refusal::UnknownBattle,
+                    ));
+                };
+                self.retime(b, before_timer);
+                Ok(self.after_change(b, fx, cause, before_state, before_version, now))
             }
+        }
+    }
+
+    /// The room links follow a battle's live rooms: they change when it comes to life or ends,
+    /// when its membership changes, and with Create (which names the invited rooms). A move
+    /// between live states (a re-arm) leaves them alone.
+    fn follow_rooms(
+        &self,
+        part: &mut Part,
+        slot: Slot,
+        linked: &crate::table::RoomKeys,
+        fx: &Effects,
+        cause: Cause,
+        before: Option<State>,
+    ) {
+        let ended = part.at(slot).is_some_and(|b| b.state == State::Ended);
+        if fx.rooms_changed
+            || before.map(|s| s == State::Ended) != Some(ended)
+            || cause == Cause::CreateWebhook
+        {
+            part.relink(slot, linked);
         }
     }
 
     /// Queues the battle's timer if it changed. The old one stays queued and, when due, fails
     /// the generation check.
-    fn retime(&mut self, slot: &mut Slot, id: &Arc<str>, before: Option<Timer>) {
-        let now = slot.battle.timer;
+    fn retime(&mut self, b: &Battle, before: Option<Timer>) {
+        let now = b.timer;
         if now == before {
             return;
         }
         match now {
             Some(t) => {
                 self.delta.timer_armed(before.is_some());
-                self.insert_timer(id, t);
+                self.insert_timer(&b.id, t);
             }
             None => self.delta.timer_cancelled(),
         }
@@ -338,16 +351,6 @@ impl Shard {
         };
         if fx.dirty && self.shared.store.is_persistent() {
             self.put(b, before_version);
-        }
-        // The index follows the rooms of live battles: it changes when a battle comes to life or
-        // ends, when its membership changes, and with Create (which names the invited rooms).
-        // A move between live states (a re-arm) leaves it alone.
-        let ended = b.state == State::Ended;
-        if fx.rooms_changed
-            || before.map(|s| s == State::Ended) != Some(ended)
-            || cause == Cause::CreateWebhook
-        {
-            self.index_rooms(b);
         }
         if fx.change.notifies() {
             self.delta.change(cause);
@@ -400,43 +403,29 @@ impl Shard {
         }
     }
 
-    /// The room index maps each room to the live battle it is in; ended battles let go.
-    fn index_rooms(&self, b: &Battle) {
-        if b.state == State::Ended {
-            self.unindex_rooms(b);
-        } else {
-            for r in rooms_of(b) {
-                self.shared.rooms.insert(r.clone(), b.id.clone());
-            }
-        }
-    }
-
-    /// Lets go of the battle's rooms (those still pointing at it).
-    fn unindex_rooms(&self, b: &Battle) {
-        for r in rooms_of(b) {
-            self.shared.rooms.remove_if(&**r, |_, id| *id == b.id);
-        }
-    }
-
     /// Fires `timer` of battle `id` at `now` (read once per wake-up).
     fn on_timer(&mut self, id: Arc<str>, timer: Timer, now: i64) {
         let shared = self.shared.clone();
-        let Some(mut slot) = shared.battles.get_mut(&id) else {
+        let mut part = shared.table.write(self.part);
+        let Some(slot) = part.find(&id) else {
             return;
         };
-        if slot.battle.timer != Some(timer) {
+        if part.at(slot).is_none_or(|b| b.timer != Some(timer)) {
             // Stale: the battle moved on and queued its new timer already.
             return;
         }
-        let before_state = slot.battle.state;
-        let before_version = slot.battle.version;
-        let fx = apply_timer(&mut slot.battle, timer, now, &shared.rules);
+        let linked = part.linked_keys(slot);
+        let Some(b) = part.at_mut(slot) else {
+            return;
+        };
+        let before_state = b.state;
+        let before_version = b.version;
+        let fx = apply_timer(b, timer, now, &shared.rules);
         let late = u64::try_from(now - timer.at_ms).unwrap_or(0);
         match fx.change {
             Change::Evict => {
-                drop(slot);
                 self.delta.timer_fired(late);
-                self.evict(&id, now);
+                self.evict(&mut part, &id, now);
             }
             Change::None => {}
             _ => {
@@ -446,25 +435,22 @@ impl Shard {
                     crate::battle::TimerKind::ResponseDeadline => Cause::ResponseTimer,
                     _ => Cause::EndTimer,
                 };
-                self.retime(&mut slot, &id, Some(timer));
-                self.after_change(
-                    &slot.battle,
-                    fx,
-                    cause,
-                    Some(before_state),
-                    Some(before_version),
-                    now,
-                );
+                self.follow_rooms(&mut part, slot, &linked, &fx, cause, Some(before_state));
+                let Some(b) = part.at(slot) else {
+                    return;
+                };
+                self.retime(b, Some(timer));
+                self.after_change(b, fx, cause, Some(before_state), Some(before_version), now);
             }
         }
     }
 
-    fn evict(&mut self, id: &Arc<str>, now: i64) {
-        let Some((_, slot)) = self.shared.battles.remove(id) else {
+    fn evict(&mut self, part: &mut Part, id: &Arc<str>, now: i64) {
+        let Some(b) = part.remove(id) else {
             return;
         };
         self.delta.evicted();
-        self.delta.state_moved(Some(slot.battle.state), None);
+        self.delta.state_moved(Some(b.state), None);
         // Its rooms left the room index when it ended (an ended battle is never indexed).
         self.shared.hub.forget_battle(id);
         let forget_at = now.saturating_add(self.shared.rules.dedupe_horizon_ms as i64);
@@ -732,17 +718,6 @@ impl ShardCell {
             }
         }
     }
-}
-
-/// Each distinct room of a battle once (participants usually repeat the caller and callees).
-fn rooms_of(b: &Battle) -> impl Iterator<Item = &Arc<str>> {
-    let listed = |r: &&Arc<str>| b.from_room.as_ref() == Some(*r) || b.to_rooms.contains(*r);
-    b.from_room.iter().chain(b.to_rooms.iter()).chain(
-        b.participants
-            .iter()
-            .map(|p| &p.room_id)
-            .filter(move |r| !listed(r)),
-    )
 }
 
 /// Answers the callers of a batch.

@@ -473,7 +473,7 @@ fn on_ended(b: &mut Battle, e: &Ended, now_ms: i64, clamp: &dyn Fn(i64) -> i64) 
     let rooms_changed = replace_members(b, e.from_room.as_ref(), &e.to_rooms);
     let ended_at = clamp(precise(e.event_time_ms, e.end_time_s).unwrap_or(now_ms));
     let reason = EndReason::from_op_type(e.op_type);
-    b.end_op_type = e.op_type;
+    b.end_op_type = e.op_type.into();
     end(b, reason, ended_at);
     // The End webhook is the authority on how the battle ended, even after the engine's own end.
     b.end_reason = Some(reason);

@@ -81,9 +81,10 @@ impl Shard {
         let mut consider = |id: Arc<str>, t: Timer, out: &mut Vec<(Arc<str>, Timer)>| {
             let current = self
                 .shared
-                .battles
-                .get(&*id)
-                .is_some_and(|s| s.battle.timer == Some(t));
+                .table
+                .read(self.part)
+                .get(&id)
+                .is_some_and(|b| b.timer == Some(t));
             if current && seen.insert((id.clone(), t.generation)) {
                 out.push((id, t));
             }
@@ -270,9 +271,10 @@ impl Shard {
                 crate::store::Replicated::Put(b) => {
                     let newer = self
                         .shared
-                        .battles
-                        .get(&*b.id)
-                        .is_none_or(|s| s.battle.version < b.version);
+                        .table
+                        .read(self.part)
+                        .get(&b.id)
+                        .is_none_or(|held| held.version < b.version);
                     if newer {
                         let id = b.id.clone();
                         self.adopt(&id, &Stored::Present(b));
@@ -290,21 +292,16 @@ impl Shard {
     /// dedupe memory and state gauges.
     fn adopt(&mut self, id: &Arc<str>, stored: &Stored) {
         let shared = self.shared.clone();
+        let mut part = shared.table.write(self.part);
         match stored {
             Stored::Present(b) => {
                 self.evicted.remove(id);
-                if shared.battles.get(&**id).is_some_and(|s| *s.battle == **b) {
+                if part.get(id).is_some_and(|held| *held == **b) {
                     return;
                 }
-                // One lookup for the replaced record: its rooms let go before the new ones link.
-                let old = shared
-                    .battles
-                    .insert(id.clone(), Slot { battle: b.clone() });
-                if let Some(old) = &old {
-                    self.unindex_rooms(&old.battle);
-                }
-                self.index_rooms(b);
-                let before = old.map(|s| (s.battle.state, s.battle.timer));
+                // The replaced record's room links give way to the new one's.
+                let (_, old) = part.insert((**b).clone());
+                let before = old.map(|o| (o.state, o.timer));
                 if let Some(t) = b.timer {
                     if before.and_then(|(_, t)| t) != Some(t) {
                         self.insert_timer(id, t);
@@ -314,9 +311,8 @@ impl Shard {
                     .state_moved(before.map(|(s, _)| s), Some(b.state));
             }
             Stored::Evicted(_) | Stored::Absent => {
-                if let Some((_, slot)) = shared.battles.remove(&**id) {
-                    self.unindex_rooms(&slot.battle);
-                    self.delta.state_moved(Some(slot.battle.state), None);
+                if let Some(old) = part.remove(id) {
+                    self.delta.state_moved(Some(old.state), None);
                     shared.hub.forget_battle(id);
                 }
                 match stored {

@@ -1,0 +1,440 @@
+//! Where battles live: one [`Part`] per shard, each a slab of records addressed by `u32` slots,
+//! an id table of slots, and the room links of its live battles.
+//!
+//! Why not a map of boxed records keyed by id: at a million battles the engine is bound by
+//! memory, not instructions. Here a record sits in a chunk of the slab (no allocation of its
+//! own), the id table holds 4-byte slots and finds the id through the record, and a room link is
+//! 8 bytes (slot and a 32-bit room hash) instead of two `Arc<str>`s. The tables are
+//! `hashbrown::HashTable`s: they store what we give them and ask us to compare and to hash, so
+//! they need no copy of the key.
+//!
+//! Each part sits behind its own lock in [`Table`]: its shard is the only writer, queries read.
+//! A room is linked to every live battle that names it, in the part of that battle; the battle a
+//! room is in is the live one among them that the engine heard of last ([`Table::room_battle`]).
+
+use std::hash::BuildHasher;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use hashbrown::HashTable;
+use smallvec::SmallVec;
+
+use crate::battle::{Battle, State};
+use crate::shard::Hasher;
+
+/// Records per slab chunk: a chunk is allocated whole (≈ 270 KB), so growing never moves a record.
+const CHUNK: usize = 1024;
+
+/// A record's place in its part's slab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot(u32);
+
+/// One room of one live battle, as the room table keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RoomLink {
+    slot: u32,
+    /// The room's [`Part::room_key`].
+    key: u32,
+}
+
+/// The room keys of one battle (most battles have two rooms).
+pub(crate) type RoomKeys = SmallVec<[u32; 4]>;
+
+/// The battles of one shard.
+pub(crate) struct Part {
+    chunks: Vec<Box<[Option<Battle>]>>,
+    /// Slots freed by removals, reused first.
+    free: Vec<u32>,
+    /// Slots in use.
+    len: usize,
+    /// Every held battle's slot, hashed by its id.
+    ids: HashTable<u32>,
+    /// The rooms of live battles, hashed by [`Part::room_key`].
+    rooms: HashTable<RoomLink>,
+    hasher: Hasher,
+}
+
+impl Part {
+    fn new(hasher: Hasher) -> Part {
+        Part {
+            chunks: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            ids: HashTable::new(),
+            rooms: HashTable::new(),
+            hasher,
+        }
+    }
+
+    /// How many battles it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn hash_id(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// A room's key in the room table: 32 bits of its hash. Two rooms of the same battle with
+    /// the same key are one link (either one finds the battle, and every lookup checks that the
+    /// battle really names the room), so the key never has to identify the room on its own.
+    pub(crate) fn room_key(&self, room: &str) -> u32 {
+        (self.hasher.hash_one(room) >> 32) as u32
+    }
+
+    /// The table hash of a room key: the key spread over 64 bits (low bits pick the bucket, high
+    /// bits are hashbrown's tag).
+    fn spread(key: u32) -> u64 {
+        u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn record(chunks: &[Box<[Option<Battle>]>], slot: u32) -> Option<&Battle> {
+        let i = slot as usize;
+        chunks.get(i / CHUNK)?.get(i % CHUNK)?.as_ref()
+    }
+
+    fn record_mut(&mut self, slot: u32) -> Option<&mut Battle> {
+        let i = slot as usize;
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)?.as_mut()
+    }
+
+    /// Where the battle `id` is.
+    pub(crate) fn find(&self, id: &str) -> Option<Slot> {
+        let chunks = &self.chunks;
+        self.ids
+            .find(self.hash_id(id), |&s| {
+                Self::record(chunks, s).is_some_and(|b| *b.id == *id)
+            })
+            .map(|&s| Slot(s))
+    }
+
+    /// The battle `id`.
+    pub(crate) fn get(&self, id: &str) -> Option<&Battle> {
+        self.find(id).and_then(|s| self.at(s))
+    }
+
+    /// The battle in `slot`.
+    pub(crate) fn at(&self, slot: Slot) -> Option<&Battle> {
+        Self::record(&self.chunks, slot.0)
+    }
+
+    /// The battle in `slot`, to change in place. A change to its rooms or to whether it is live
+    /// must be followed by [`Part::relink`].
+    pub(crate) fn at_mut(&mut self, slot: Slot) -> Option<&mut Battle> {
+        self.record_mut(slot.0)
+    }
+
+    /// Every battle it holds, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Battle> {
+        self.chunks.iter().flat_map(|c| c.iter().flatten())
+    }
+
+    /// Holds `b`, replacing (and returning) a battle with the same id; links its rooms if it is
+    /// live.
+    pub(crate) fn insert(&mut self, b: Battle) -> (Slot, Option<Battle>) {
+        if let Some(slot) = self.find(&b.id) {
+            let before = self.linked_keys(slot);
+            let old = self.record_mut(slot.0).map(|r| std::mem::replace(r, b));
+            self.relink(slot, &before);
+            return (slot, old);
+        }
+        let slot = self.take_slot();
+        let hash = self.hash_id(&b.id);
+        let i = slot as usize;
+        if let Some(cell) = self
+            .chunks
+            .get_mut(i / CHUNK)
+            .and_then(|c| c.get_mut(i % CHUNK))
+        {
+            *cell = Some(b);
+        }
+        let chunks = &self.chunks;
+        let hasher = &self.hasher;
+        self.ids.insert_unique(hash, slot, |&s| {
+            Self::record(chunks, s).map_or(0, |b| hasher.hash_one(&*b.id))
+        });
+        self.len += 1;
+        self.relink(Slot(slot), &RoomKeys::new());
+        (Slot(slot), None)
+    }
+
+    fn take_slot(&mut self) -> u32 {
+        if let Some(s) = self.free.pop() {
+            return s;
+        }
+        let s = self.len as u32;
+        if s as usize / CHUNK >= self.chunks.len() {
+            self.chunks
+                .push(std::iter::repeat_with(|| None).take(CHUNK).collect());
+        }
+        s
+    }
+
+    /// Lets go of the battle `id` (and of its room links).
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Battle> {
+        let slot = self.find(id)?;
+        let before = self.linked_keys(slot);
+        for key in before {
+            self.unlink(slot.0, key);
+        }
+        let hash = self.hash_id(id);
+        if let Ok(e) = self.ids.find_entry(hash, |&s| s == slot.0) {
+            e.remove();
+        }
+        let i = slot.0 as usize;
+        let old = self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)?.take();
+        self.len -= 1;
+        self.free.push(slot.0);
+        old
+    }
+
+    /// The keys of the rooms the battle in `slot` is linked under now: its rooms while it is
+    /// live, none once it ended. Read before changing the battle, for [`Part::relink`].
+    pub(crate) fn linked_keys(&self, slot: Slot) -> RoomKeys {
+        let mut keys = RoomKeys::new();
+        if let Some(b) = self.at(slot).filter(|b| b.state != State::Ended) {
+            for r in rooms_of(b) {
+                let k = self.room_key(r);
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+        keys
+    }
+
+    /// Makes the room links of the battle in `slot` follow it, given the keys it was linked
+    /// under (`before`, from [`Part::linked_keys`]).
+    pub(crate) fn relink(&mut self, slot: Slot, before: &RoomKeys) {
+        let now = self.linked_keys(slot);
+        for &k in before.iter().filter(|k| !now.contains(k)) {
+            self.unlink(slot.0, k);
+        }
+        for &k in now.iter().filter(|k| !before.contains(k)) {
+            let link = RoomLink {
+                slot: slot.0,
+                key: k,
+            };
+            self.rooms
+                .insert_unique(Self::spread(k), link, |l| Self::spread(l.key));
+        }
+    }
+
+    fn unlink(&mut self, slot: u32, key: u32) {
+        let link = RoomLink { slot, key };
+        if let Ok(e) = self.rooms.find_entry(Self::spread(key), |l| *l == link) {
+            e.remove();
+        }
+    }
+
+    /// The live battle of this part that names `room` and that the engine heard of last.
+    pub(crate) fn room_battle(&self, room: &str) -> Option<&Battle> {
+        let key = self.room_key(room);
+        let mut best: Option<&Battle> = None;
+        // `find` stops at the first match; to see every battle linked to the room, the closure
+        // keeps the best and answers "no" (the probe then runs to the end of the sequence).
+        self.rooms.find(Self::spread(key), |l| {
+            if l.key == key {
+                if let Some(b) = Self::record(&self.chunks, l.slot) {
+                    if b.state != State::Ended
+                        && rooms_of(b).any(|r| **r == *room)
+                        && best.is_none_or(|x| later(b, x))
+                    {
+                        best = Some(b);
+                    }
+                }
+            }
+            false
+        });
+        best
+    }
+}
+
+/// Whether `a` is the battle the engine heard of after `b` (id breaks a tie).
+fn later(a: &Battle, b: &Battle) -> bool {
+    (a.known_since_ms, &a.id) > (b.known_since_ms, &b.id)
+}
+
+/// Each distinct room of a battle once (participants usually repeat the caller and callees).
+pub(crate) fn rooms_of(b: &Battle) -> impl Iterator<Item = &Arc<str>> {
+    let listed = |r: &&Arc<str>| b.from_room.as_ref() == Some(*r) || b.to_rooms.contains(*r);
+    b.from_room.iter().chain(b.to_rooms.iter()).chain(
+        b.participants
+            .iter()
+            .map(|p| &p.room_id)
+            .filter(move |r| !listed(r)),
+    )
+}
+
+/// Every battle the engine holds: one [`Part`] per shard, each behind its own lock.
+pub(crate) struct Table {
+    parts: Box<[RwLock<Part>]>,
+}
+
+impl Table {
+    /// `n` empty parts.
+    pub(crate) fn new(n: usize) -> Table {
+        let hasher = Hasher::default();
+        Table {
+            parts: (0..n.max(1))
+                .map(|_| RwLock::new(Part::new(hasher.clone())))
+                .collect(),
+        }
+    }
+
+    /// How many parts (shards) it has.
+    pub(crate) fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The part that holds battle `id`.
+    pub(crate) fn part_of(&self, id: &str) -> usize {
+        part_of(id, self.parts.len())
+    }
+
+    /// Reads part `i`.
+    pub(crate) fn read(&self, i: usize) -> RwLockReadGuard<'_, Part> {
+        self.parts[i % self.parts.len()]
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes part `i` (its shard only).
+    pub(crate) fn write(&self, i: usize) -> RwLockWriteGuard<'_, Part> {
+        self.parts[i % self.parts.len()]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the battle `id`, under its part's read lock.
+    pub(crate) fn with<R>(&self, id: &str, f: impl FnOnce(&Battle) -> R) -> Option<R> {
+        self.read(self.part_of(id)).get(id).map(f)
+    }
+
+    /// How many battles are held.
+    pub(crate) fn len(&self) -> usize {
+        (0..self.parts.len()).map(|i| self.read(i).len()).sum()
+    }
+
+    /// The id of the live battle `room` is in: of the live battles that name it, the one the
+    /// engine heard of last.
+    pub(crate) fn room_battle(&self, room: &str) -> Option<Arc<str>> {
+        let mut best: Option<(i64, Arc<str>)> = None;
+        for i in 0..self.parts.len() {
+            let part = self.read(i);
+            if let Some(b) = part.room_battle(room) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(k, id)| (b.known_since_ms, &b.id) > (*k, id))
+                {
+                    best = Some((b.known_since_ms, b.id.clone()));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+}
+
+/// The shard (and part) of battle `id` among `n`: FNV-1a of the id, stable across runs and
+/// builds (instances sharing a store agree on it).
+pub(crate) fn part_of(id: &str, n: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % n.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Created, Event};
+    use crate::transition::{apply_event, Rules};
+
+    fn created(id: &str, from: &str, to: &[&str], at: i64) -> Battle {
+        let ev = Event::Created(Created {
+            battle_id: id.into(),
+            from_room: Some(from.into()),
+            to_rooms: to.iter().map(|r| r.to_string()).collect(),
+            need_response: Some(false),
+            timeout_ms: Some(10_000),
+            duration_ms: Some(60_000),
+            event_time_ms: Some(at),
+            ..Default::default()
+        });
+        let (b, _) = apply_event(None, &ev, at, &Rules::default()).expect("valid create");
+        b.expect("a new battle")
+    }
+
+    #[test]
+    fn holds_finds_replaces_and_removes_by_id_reusing_slots() {
+        let mut p = Part::new(Hasher::default());
+        for i in 0..3000 {
+            let (_, old) = p.insert(created(&format!("b{i}"), &format!("r{i}"), &[], 1_000));
+            assert!(old.is_none());
+        }
+        assert_eq!(p.len(), 3000);
+        assert_eq!(&*p.get("b2999").expect("held").id, "b2999");
+        let slot = p.find("b7").expect("held");
+        let (again, old) = p.insert(created("b7", "r7", &[], 2_000));
+        assert_eq!(again, slot);
+        assert_eq!(old.expect("replaced").known_since_ms, 1_000);
+        assert_eq!(p.len(), 3000);
+        assert_eq!(p.remove("b7").map(|b| b.id), Some("b7".into()));
+        assert!(p.get("b7").is_none());
+        assert!(p.remove("b7").is_none());
+        let (reused, _) = p.insert(created("c", "rc", &[], 1_000));
+        assert_eq!(reused, slot, "a freed slot is reused");
+        assert_eq!(p.iter().count(), 3000);
+        assert_eq!(
+            p.get("b1").map(|b| b.from_room.as_deref().unwrap_or("")),
+            Some("r1")
+        );
+    }
+
+    #[test]
+    fn rooms_link_live_battles_only_and_follow_changes() {
+        let mut p = Part::new(Hasher::default());
+        let (s, _) = p.insert(created("a", "x", &["y"], 1_000));
+        assert_eq!(p.room_battle("y").map(|b| &*b.id), Some("a"));
+        assert!(p.room_battle("z").is_none());
+        // A newer battle naming the same room wins; the older one is still linked by its other room.
+        p.insert(created("b", "y", &["z"], 2_000));
+        assert_eq!(p.room_battle("y").map(|b| &*b.id), Some("b"));
+        assert_eq!(p.room_battle("x").map(|b| &*b.id), Some("a"));
+        // Ending "b" lets go of its rooms: "y" is back with "a".
+        let sb = p.find("b").expect("held");
+        let before = p.linked_keys(sb);
+        if let Some(b) = p.at_mut(sb) {
+            b.state = State::Ended;
+        }
+        p.relink(sb, &before);
+        assert_eq!(p.room_battle("y").map(|b| &*b.id), Some("a"));
+        assert!(p.room_battle("z").is_none());
+        // A room that leaves the battle's membership is unlinked.
+        let before = p.linked_keys(s);
+        if let Some(b) = p.at_mut(s) {
+            b.to_rooms.clear();
+            b.participants.retain(|q| &*q.room_id != "y");
+        }
+        p.relink(s, &before);
+        assert!(p.room_battle("y").is_none());
+        assert_eq!(p.rooms.len(), 1);
+        p.remove("a");
+        assert!(p.room_battle("x").is_none());
+        assert_eq!(p.rooms.len(), 0);
+    }
+
+    #[test]
+    fn the_table_answers_a_room_across_parts_with_the_latest_battle() {
+        let t = Table::new(4);
+        for (i, id) in ["p", "q", "r", "s", "t"].iter().enumerate() {
+            let part = t.part_of(id);
+            t.write(part)
+                .insert(created(id, "room", &[], 1_000 + i as i64 * 1_000));
+        }
+        assert_eq!(t.room_battle("room").as_deref(), Some("t"));
+        assert_eq!(t.len(), 5);
+        assert_eq!(t.with("q", |b| b.known_since_ms), Some(2_000));
+    }
+}
