@@ -64,9 +64,15 @@ type Reply = (
     Vec<Result<Applied, EngineError>>,
 );
 
-/// A queued timer. Its deadline is the queue's bucket key, so an entry is 24 bytes.
+/// A queued timer: which slot of the shard's part, and the timer's generation and kind (its
+/// deadline is the queue's bucket key), 12 bytes.
+///
+/// It fires for whatever battle holds the slot when it comes due, if that battle's armed timer
+/// is exactly this one (kind, deadline, generation); otherwise it is stale and does nothing. A
+/// slot freed and taken by another battle cannot misfire: a timer equal to the new battle's
+/// armed one *is* that timer, and firing it is right (its own entry then finds it gone).
 pub(crate) struct TimerEntry {
-    id: Arc<str>,
+    slot: Slot,
     generation: u32,
     kind: TimerKind,
 }
@@ -148,17 +154,18 @@ impl Shard {
     /// that passed while the process was down fires at once and is reported late.
     fn restore(&mut self, b: Battle) {
         self.delta.state_moved(None, Some(b.state));
-        if let Some(t) = b.timer {
-            self.insert_timer(&b.id, t);
+        let timer = b.timer;
+        let (slot, _) = self.shared.table.write(self.part).insert(b);
+        if let Some(t) = timer {
+            self.insert_timer(slot, t);
         }
-        self.shared.table.write(self.part).insert(b);
     }
 
-    fn insert_timer(&mut self, id: &Arc<str>, t: Timer) {
+    fn insert_timer(&mut self, slot: Slot, t: Timer) {
         self.queue.insert(
             t.at_ms,
             TimerEntry {
-                id: id.clone(),
+                slot,
                 generation: t.generation,
                 kind: t.kind,
             },
@@ -221,13 +228,14 @@ impl Shard {
         let mut due = std::mem::take(&mut self.due);
         let now = self.now();
         self.queue.take_due(now, &mut due);
+        let shared = self.shared.clone();
         for (at_ms, entry) in due.drain(..) {
             let timer = Timer {
                 kind: entry.kind,
                 at_ms,
                 generation: entry.generation,
             };
-            self.on_timer(entry.id, timer, now);
+            self.fire(&mut shared.table.write(self.part), entry.slot, timer, now);
         }
         self.due = due;
         self.forget_expired();
@@ -269,12 +277,13 @@ impl Shard {
                 if !fx.change.notifies() {
                     return Ok(Applied::unchanged(Outcome::Unchanged, None, 0));
                 }
-                if let Some(t) = b.timer {
-                    self.delta.timer_armed(false);
-                    self.insert_timer(&b.id, t);
-                }
+                let timer = b.timer;
                 let applied = self.after_change(&b, fx, cause, None, None, now);
-                part.insert(b);
+                let (slot, _) = part.insert(b);
+                if let Some(t) = timer {
+                    self.delta.timer_armed(false);
+                    self.insert_timer(slot, t);
+                }
                 Ok(applied)
             }
             None => {
@@ -289,7 +298,7 @@ impl Shard {
                         crate::transition::Refusal::UnknownBattle,
                     ));
                 };
-                self.retime(b, before_timer);
+                self.retime(slot, b.timer, before_timer);
                 Ok(self.after_change(b, fx, cause, before_state, before_version, now))
             }
         }
@@ -318,15 +327,14 @@ impl Shard {
 
     /// Queues the battle's timer if it changed. The old one stays queued and, when due, fails
     /// the generation check.
-    fn retime(&mut self, b: &Battle, before: Option<Timer>) {
-        let now = b.timer;
+    fn retime(&mut self, slot: Slot, now: Option<Timer>, before: Option<Timer>) {
         if now == before {
             return;
         }
         match now {
             Some(t) => {
                 self.delta.timer_armed(before.is_some());
-                self.insert_timer(&b.id, t);
+                self.insert_timer(slot, t);
             }
             None => self.delta.timer_cancelled(),
         }
@@ -404,12 +412,16 @@ impl Shard {
     }
 
     /// Fires `timer` of battle `id` at `now` (read once per wake-up).
-    fn on_timer(&mut self, id: Arc<str>, timer: Timer, now: i64) {
+    fn on_timer(&mut self, id: &str, timer: Timer, now: i64) {
         let shared = self.shared.clone();
         let mut part = shared.table.write(self.part);
-        let Some(slot) = part.find(&id) else {
-            return;
-        };
+        if let Some(slot) = part.find(id) {
+            self.fire(&mut part, slot, timer, now);
+        }
+    }
+
+    /// Fires `timer` of the battle in `slot` at `now`, if it is still the battle's armed timer.
+    fn fire(&mut self, part: &mut Part, slot: Slot, timer: Timer, now: i64) {
         if part.at(slot).is_none_or(|b| b.timer != Some(timer)) {
             // Stale: the battle moved on and queued its new timer already.
             return;
@@ -420,12 +432,13 @@ impl Shard {
         };
         let before_state = b.state;
         let before_version = b.version;
-        let fx = apply_timer(b, timer, now, &shared.rules);
+        let fx = apply_timer(b, timer, now, &self.shared.rules);
         let late = u64::try_from(now - timer.at_ms).unwrap_or(0);
         match fx.change {
             Change::Evict => {
                 self.delta.timer_fired(late);
-                self.evict(&mut part, &id, now);
+                let id = b.id.clone();
+                self.evict(part, &id, now);
             }
             Change::None => {}
             _ => {
@@ -435,11 +448,11 @@ impl Shard {
                     crate::battle::TimerKind::ResponseDeadline => Cause::ResponseTimer,
                     _ => Cause::EndTimer,
                 };
-                self.follow_rooms(&mut part, slot, &linked, &fx, cause, Some(before_state));
+                self.follow_rooms(part, slot, &linked, &fx, cause, Some(before_state));
                 let Some(b) = part.at(slot) else {
                     return;
                 };
-                self.retime(b, Some(timer));
+                self.retime(slot, b.timer, Some(timer));
                 self.after_change(b, fx, cause, Some(before_state), Some(before_version), now);
             }
         }

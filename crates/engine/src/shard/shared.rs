@@ -78,15 +78,12 @@ impl Shard {
         self.queue.take_due(now, &mut due);
         let mut out: Vec<(Arc<str>, Timer)> = Vec::new();
         let mut seen = HashSet::new();
-        let mut consider = |id: Arc<str>, t: Timer, out: &mut Vec<(Arc<str>, Timer)>| {
-            let current = self
-                .shared
-                .table
-                .read(self.part)
-                .get(&id)
-                .is_some_and(|b| b.timer == Some(t));
-            if current && seen.insert((id.clone(), t.generation)) {
-                out.push((id, t));
+        let part = self.shared.table.read(self.part);
+        let mut consider = |b: Option<&Battle>, t: Timer, out: &mut Vec<(Arc<str>, Timer)>| {
+            if let Some(b) = b.filter(|b| b.timer == Some(t)) {
+                if seen.insert((b.id.clone(), t.generation)) {
+                    out.push((b.id.clone(), t));
+                }
             }
         };
         for (at_ms, e) in due.drain(..) {
@@ -95,14 +92,15 @@ impl Shard {
                 at_ms,
                 generation: e.generation,
             };
-            consider(e.id, t, &mut out);
+            consider(part.at(e.slot), t, &mut out);
         }
-        self.due = due;
         let mut again = Vec::new();
         self.rechecks.take_due(now, &mut again);
         for (_, (id, t)) in again {
-            consider(id, t, &mut out);
+            consider(part.get(&id), t, &mut out);
         }
+        drop(part);
+        self.due = due;
         out
     }
 
@@ -163,7 +161,7 @@ impl Shard {
             let now = self.now();
             for ((id, t), claim) in due.iter().zip(&fetched.claims) {
                 match claim {
-                    Ok(()) => self.on_timer(id.clone(), *t, now),
+                    Ok(()) => self.on_timer(id, *t, now),
                     // Another instance fires it; if it dies first, look again after its lease.
                     Err(ms) => self
                         .rechecks
@@ -300,11 +298,11 @@ impl Shard {
                     return;
                 }
                 // The replaced record's room links give way to the new one's.
-                let (_, old) = part.insert((**b).clone());
+                let (slot, old) = part.insert((**b).clone());
                 let before = old.map(|o| (o.state, o.timer));
                 if let Some(t) = b.timer {
                     if before.and_then(|(_, t)| t) != Some(t) {
-                        self.insert_timer(id, t);
+                        self.insert_timer(slot, t);
                     }
                 }
                 self.delta
