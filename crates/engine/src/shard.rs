@@ -9,7 +9,7 @@ use std::task::Poll;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::battle::{Battle, State, Timer, TimerKind};
+use crate::battle::{Battle, State, Timer};
 use crate::clock::Clock;
 use crate::engine::{Applied, EngineError, Outcome};
 use crate::event::{Cause, Event};
@@ -64,17 +64,16 @@ type Reply = (
     Vec<Result<Applied, EngineError>>,
 );
 
-/// A queued timer: which slot of the shard's part, and the timer's generation and kind (its
-/// deadline is the queue's bucket key), 12 bytes.
+/// A queued timer: which slot of the shard's part and the timer's generation (the queue keeps
+/// its deadline next to it): 16 bytes with the deadline.
 ///
 /// It fires for whatever battle holds the slot when it comes due, if that battle's armed timer
-/// is exactly this one (kind, deadline, generation); otherwise it is stale and does nothing. A
-/// slot freed and taken by another battle cannot misfire: a timer equal to the new battle's
-/// armed one *is* that timer, and firing it is right (its own entry then finds it gone).
+/// has this deadline and generation; otherwise it is stale and does nothing. A slot freed and
+/// taken by another battle cannot misfire: a battle whose armed timer is due now is right to
+/// fire it (its own entry then finds it gone).
 pub(crate) struct TimerEntry {
     slot: Slot,
     generation: u32,
-    kind: TimerKind,
 }
 
 pub(crate) struct Shard {
@@ -120,10 +119,11 @@ impl Shard {
         battles: Vec<Battle>,
         evicted: Vec<(Arc<str>, i64)>,
     ) -> Shard {
+        let start_ms = shared.clock.now_ms();
         let mut shard = Shard {
             shared,
             part,
-            queue: TimerQueue::new(),
+            queue: TimerQueue::new(start_ms),
             due: Vec::new(),
             evicted: HashMap::default(),
             evicted_order: VecDeque::new(),
@@ -134,7 +134,7 @@ impl Shard {
             retry_at: None,
             writing: None,
             delta: MetricsDelta::default(),
-            rechecks: TimerQueue::new(),
+            rechecks: TimerQueue::new(start_ms),
             closed: false,
         };
         let mut evicted = evicted;
@@ -167,7 +167,6 @@ impl Shard {
             TimerEntry {
                 slot,
                 generation: t.generation,
-                kind: t.kind,
             },
         );
     }
@@ -230,12 +229,8 @@ impl Shard {
         self.queue.take_due(now, &mut due);
         let shared = self.shared.clone();
         for (at_ms, entry) in due.drain(..) {
-            let timer = Timer {
-                kind: entry.kind,
-                at_ms,
-                generation: entry.generation,
-            };
-            self.fire(&mut shared.table.write(self.part), entry.slot, timer, now);
+            let mut part = shared.table.write(self.part);
+            self.fire(&mut part, entry.slot, at_ms, entry.generation, now);
         }
         self.due = due;
         self.forget_expired();
@@ -416,16 +411,21 @@ impl Shard {
         let shared = self.shared.clone();
         let mut part = shared.table.write(self.part);
         if let Some(slot) = part.find(id) {
-            self.fire(&mut part, slot, timer, now);
+            self.fire(&mut part, slot, timer.at_ms, timer.generation, now);
         }
     }
 
-    /// Fires `timer` of the battle in `slot` at `now`, if it is still the battle's armed timer.
-    fn fire(&mut self, part: &mut Part, slot: Slot, timer: Timer, now: i64) {
-        if part.at(slot).is_none_or(|b| b.timer != Some(timer)) {
+    /// Fires the timer of the battle in `slot` at `now`, if its armed timer is still the one
+    /// due at `at_ms` with `generation`.
+    fn fire(&mut self, part: &mut Part, slot: Slot, at_ms: i64, generation: u32, now: i64) {
+        let Some(timer) = part
+            .at(slot)
+            .and_then(|b| b.timer)
+            .filter(|t| t.at_ms == at_ms && t.generation == generation)
+        else {
             // Stale: the battle moved on and queued its new timer already.
             return;
-        }
+        };
         let linked = part.linked_keys(slot);
         let Some(b) = part.at_mut(slot) else {
             return;

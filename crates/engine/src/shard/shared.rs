@@ -79,25 +79,24 @@ impl Shard {
         let mut out: Vec<(Arc<str>, Timer)> = Vec::new();
         let mut seen = HashSet::new();
         let part = self.shared.table.read(self.part);
-        let mut consider = |b: Option<&Battle>, t: Timer, out: &mut Vec<(Arc<str>, Timer)>| {
-            if let Some(b) = b.filter(|b| b.timer == Some(t)) {
-                if seen.insert((b.id.clone(), t.generation)) {
-                    out.push((b.id.clone(), t));
+        let mut consider =
+            |b: Option<&Battle>, at_ms: i64, generation: u32, out: &mut Vec<(Arc<str>, Timer)>| {
+                let armed = b.and_then(|b| b.timer.map(|t| (b, t)));
+                if let Some((b, t)) =
+                    armed.filter(|(_, t)| t.at_ms == at_ms && t.generation == generation)
+                {
+                    if seen.insert((b.id.clone(), t.generation)) {
+                        out.push((b.id.clone(), t));
+                    }
                 }
-            }
-        };
-        for (at_ms, e) in due.drain(..) {
-            let t = Timer {
-                kind: e.kind,
-                at_ms,
-                generation: e.generation,
             };
-            consider(part.at(e.slot), t, &mut out);
+        for (at_ms, e) in due.drain(..) {
+            consider(part.at(e.slot), at_ms, e.generation, &mut out);
         }
         let mut again = Vec::new();
         self.rechecks.take_due(now, &mut again);
         for (_, (id, t)) in again {
-            consider(part.get(&id), t, &mut out);
+            consider(part.get(&id), t.at_ms, t.generation, &mut out);
         }
         drop(part);
         self.due = due;
