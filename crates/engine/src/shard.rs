@@ -259,7 +259,8 @@ impl Shard {
         let shared = self.shared.clone();
         let rules = &shared.rules;
         let mut part = shared.table.write(self.part);
-        let slot = part.find(id);
+        let found = part.entry(id);
+        let slot = found.ok();
         let linked = slot.map(|s| part.linked_keys(s)).unwrap_or_default();
         let existing = slot.and_then(|s| part.at_mut(s));
         let before_state = existing.as_ref().map(|b| b.state);
@@ -274,7 +275,10 @@ impl Shard {
                 }
                 let timer = b.timer;
                 let applied = self.after_change(&b, fx, cause, None, None, now);
-                let (slot, _) = part.insert(b);
+                let slot = match found {
+                    Err(vacant) if *b.id == *id => part.fill(vacant, b),
+                    _ => part.insert(b).0,
+                };
                 if let Some(t) = timer {
                     self.delta.timer_armed(false);
                     self.insert_timer(slot, t);

@@ -28,13 +28,18 @@ const CHUNK: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slot(u32);
 
-/// One room of one live battle, as the room table keeps it.
+/// An entry of the id or room table: a slot, and 32 bits of the hash of the battle's id or of
+/// one of its rooms ([`Part::key_of`]). The table hashes an entry by its key alone, so growing a
+/// table never reads a record, and a lookup reads a record only when the key matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct RoomLink {
+struct Link {
     slot: u32,
-    /// The room's [`Part::room_key`].
     key: u32,
 }
+
+/// A battle [`Part::entry`] did not find: its id's key, for [`Part::fill`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Vacant(u32);
 
 /// The room keys of one battle (most battles have two rooms).
 pub(crate) type RoomKeys = SmallVec<[u32; 4]>;
@@ -46,10 +51,10 @@ pub(crate) struct Part {
     free: Vec<u32>,
     /// Slots in use.
     len: usize,
-    /// Every held battle's slot, hashed by its id.
-    ids: HashTable<u32>,
-    /// The rooms of live battles, hashed by [`Part::room_key`].
-    rooms: HashTable<RoomLink>,
+    /// Every held battle, by its id's key.
+    ids: HashTable<Link>,
+    /// The rooms of live battles, by the room's key.
+    rooms: HashTable<Link>,
     hasher: Hasher,
 }
 
@@ -70,18 +75,14 @@ impl Part {
         self.len
     }
 
-    fn hash_id(&self, id: &str) -> u64 {
-        self.hasher.hash_one(id)
+    /// The key of an id or a room: 32 bits of its hash. Every lookup checks the record itself,
+    /// so a key never has to identify a battle or a room on its own; two rooms of the same
+    /// battle with the same key are one link (either finds the battle).
+    pub(crate) fn key_of(&self, s: &str) -> u32 {
+        (self.hasher.hash_one(s) >> 32) as u32
     }
 
-    /// A room's key in the room table: 32 bits of its hash. Two rooms of the same battle with
-    /// the same key are one link (either one finds the battle, and every lookup checks that the
-    /// battle really names the room), so the key never has to identify the room on its own.
-    pub(crate) fn room_key(&self, room: &str) -> u32 {
-        (self.hasher.hash_one(room) >> 32) as u32
-    }
-
-    /// The table hash of a room key: the key spread over 64 bits (low bits pick the bucket, high
+    /// The table hash of a key: the key spread over 64 bits (low bits pick the bucket, high
     /// bits are hashbrown's tag).
     fn spread(key: u32) -> u64 {
         u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -99,12 +100,20 @@ impl Part {
 
     /// Where the battle `id` is.
     pub(crate) fn find(&self, id: &str) -> Option<Slot> {
+        self.entry(id).ok()
+    }
+
+    /// Where the battle `id` is, or the place to [`Part::fill`] with it (one hash and one probe
+    /// for a lookup followed by an insert).
+    pub(crate) fn entry(&self, id: &str) -> Result<Slot, Vacant> {
         let chunks = &self.chunks;
+        let key = self.key_of(id);
         self.ids
-            .find(self.hash_id(id), |&s| {
-                Self::record(chunks, s).is_some_and(|b| *b.id == *id)
+            .find(Self::spread(key), |l| {
+                l.key == key && Self::record(chunks, l.slot).is_some_and(|b| *b.id == *id)
             })
-            .map(|&s| Slot(s))
+            .map(|l| Slot(l.slot))
+            .ok_or(Vacant(key))
     }
 
     /// The battle `id`.
@@ -131,14 +140,21 @@ impl Part {
     /// Holds `b`, replacing (and returning) a battle with the same id; links its rooms if it is
     /// live.
     pub(crate) fn insert(&mut self, b: Battle) -> (Slot, Option<Battle>) {
-        if let Some(slot) = self.find(&b.id) {
-            let before = self.linked_keys(slot);
-            let old = self.record_mut(slot.0).map(|r| std::mem::replace(r, b));
-            self.relink(slot, &before);
-            return (slot, old);
+        match self.entry(&b.id) {
+            Ok(slot) => {
+                let before = self.linked_keys(slot);
+                let old = self.record_mut(slot.0).map(|r| std::mem::replace(r, b));
+                self.relink(slot, &before);
+                (slot, old)
+            }
+            Err(vacant) => (self.fill(vacant, b), None),
         }
+    }
+
+    /// Holds `b`, which [`Part::entry`] just found missing (no change to the part since).
+    pub(crate) fn fill(&mut self, Vacant(key): Vacant, b: Battle) -> Slot {
+        debug_assert!(self.find(&b.id).is_none(), "fill of a battle already held");
         let slot = self.take_slot();
-        let hash = self.hash_id(&b.id);
         let i = slot as usize;
         if let Some(cell) = self
             .chunks
@@ -147,14 +163,13 @@ impl Part {
         {
             *cell = Some(b);
         }
-        let chunks = &self.chunks;
-        let hasher = &self.hasher;
-        self.ids.insert_unique(hash, slot, |&s| {
-            Self::record(chunks, s).map_or(0, |b| hasher.hash_one(&*b.id))
-        });
+        self.ids
+            .insert_unique(Self::spread(key), Link { slot, key }, |l| {
+                Self::spread(l.key)
+            });
         self.len += 1;
         self.relink(Slot(slot), &RoomKeys::new());
-        (Slot(slot), None)
+        Slot(slot)
     }
 
     fn take_slot(&mut self) -> u32 {
@@ -176,8 +191,8 @@ impl Part {
         for key in before {
             self.unlink(slot.0, key);
         }
-        let hash = self.hash_id(id);
-        if let Ok(e) = self.ids.find_entry(hash, |&s| s == slot.0) {
+        let key = self.key_of(id);
+        if let Ok(e) = self.ids.find_entry(Self::spread(key), |l| l.slot == slot.0) {
             e.remove();
         }
         let i = slot.0 as usize;
@@ -193,7 +208,7 @@ impl Part {
         let mut keys = RoomKeys::new();
         if let Some(b) = self.at(slot).filter(|b| b.state != State::Ended) {
             for r in rooms_of(b) {
-                let k = self.room_key(r);
+                let k = self.key_of(r);
                 if !keys.contains(&k) {
                     keys.push(k);
                 }
@@ -210,7 +225,7 @@ impl Part {
             self.unlink(slot.0, k);
         }
         for &k in now.iter().filter(|k| !before.contains(k)) {
-            let link = RoomLink {
+            let link = Link {
                 slot: slot.0,
                 key: k,
             };
@@ -220,7 +235,7 @@ impl Part {
     }
 
     fn unlink(&mut self, slot: u32, key: u32) {
-        let link = RoomLink { slot, key };
+        let link = Link { slot, key };
         if let Ok(e) = self.rooms.find_entry(Self::spread(key), |l| *l == link) {
             e.remove();
         }
@@ -228,7 +243,7 @@ impl Part {
 
     /// The live battle of this part that names `room` and that the engine heard of last.
     pub(crate) fn room_battle(&self, room: &str) -> Option<&Battle> {
-        let key = self.room_key(room);
+        let key = self.key_of(room);
         let mut best: Option<&Battle> = None;
         // `find` stops at the first match; to see every battle linked to the room, the closure
         // keeps the best and answers "no" (the probe then runs to the end of the sequence).
