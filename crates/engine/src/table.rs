@@ -21,7 +21,7 @@ use smallvec::SmallVec;
 use crate::battle::{Battle, State};
 use crate::shard::Hasher;
 
-/// Records per slab chunk: a chunk is allocated whole (≈ 270 KB), so growing never moves a record.
+/// Records per slab chunk: a chunk is allocated whole (≈ 260 KB), so growing never moves a record.
 const CHUNK: usize = 1024;
 
 /// A record's place in its part's slab.
@@ -352,12 +352,15 @@ impl Table {
 /// The shard (and part) of battle `id` among `n`: FNV-1a of the id, stable across runs and
 /// builds (instances sharing a store agree on it).
 pub(crate) fn part_of(id: &str, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (h % n.max(1) as u64) as usize
+    (h % n as u64) as usize
 }
 
 #[cfg(test)]
