@@ -387,7 +387,7 @@ impl Engine {
             return Ok(Applied::unchanged(Outcome::NoBattle, None, 0));
         };
         if let Some(cell) = self.inner.cells.get(shard) {
-            match cell.inline(routed, |s, (id, ev)| s.on_event(id, ev)) {
+            match cell.inline(routed, |s, (id, ev), now| s.on_event(id, ev, now)) {
                 Ok(applied) => return applied,
                 Err(back) => routed = back,
             }

@@ -174,11 +174,12 @@ impl Shard {
     /// Applies what one wake-up of the shard task brought (commands, due timers), then
     /// publishes and answers, or starts the batch's store write.
     fn on_commands(&mut self, buf: &mut Vec<Command>, closing: &mut Option<oneshot::Sender<()>>) {
-        self.forget_expired();
+        let now = self.now();
+        self.forget_expired(now);
         for cmd in buf.drain(..) {
             match cmd {
                 Command::Apply { items, reply } => {
-                    let results = self.apply_all(items);
+                    let results = self.apply_all(items, now);
                     self.replies.push((reply, results));
                 }
                 Command::Replicate { changes, done } => {
@@ -194,11 +195,15 @@ impl Shard {
         self.fire_due();
     }
 
-    /// Applies routed events in order.
-    pub(crate) fn apply_all(&mut self, items: Vec<Routed>) -> Vec<Result<Applied, EngineError>> {
+    /// Applies routed events in order, all at `now` (one instant per step).
+    pub(crate) fn apply_all(
+        &mut self,
+        items: Vec<Routed>,
+        now: i64,
+    ) -> Vec<Result<Applied, EngineError>> {
         items
             .into_iter()
-            .map(|(id, ev)| self.on_event(id, ev))
+            .map(|(id, ev)| self.on_event(id, ev, now))
             .collect()
     }
 
@@ -233,17 +238,19 @@ impl Shard {
             self.fire(&mut part, entry.slot, at_ms, entry.generation, now);
         }
         self.due = due;
-        self.forget_expired();
+        self.forget_expired(now);
     }
 
     fn now(&self) -> i64 {
         self.shared.clock.now_ms()
     }
 
+    /// Applies one event at `now` (Unix ms).
     pub(crate) fn on_event(
         &mut self,
         target: Option<Arc<str>>,
         event: Event,
+        now: i64,
     ) -> Result<Applied, EngineError> {
         let id: &str = match (&target, event.battle_id()) {
             (Some(t), _) => t,
@@ -254,7 +261,6 @@ impl Shard {
             self.delta.event(true);
             return Ok(Applied::unchanged(Outcome::Evicted, Some(State::Ended), 0));
         }
-        let now = self.now();
         let cause = event.cause();
         let shared = self.shared.clone();
         let rules = &shared.rules;
@@ -487,8 +493,7 @@ impl Shard {
         }
     }
 
-    fn forget_expired(&mut self) {
-        let now = self.now();
+    fn forget_expired(&mut self, now: i64) {
         while let Some((at, _)) = self.evicted_order.front() {
             if *at > now {
                 break;
@@ -648,14 +653,14 @@ impl ShardCell {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs `apply(shard, input)` on the caller's task when the shard is free and may take it
+    /// Runs `apply(shard, input, now)` on the caller's task when the shard is free and may take it
     /// ([`Shard::takes_inline`]); gives `input` back when the caller must queue it instead.
     /// Publishes and answers what it changed before returning, and wakes the task if its next
     /// timer moved earlier.
     pub(crate) fn inline<T, R>(
         &self,
         input: T,
-        apply: impl FnOnce(&mut Shard, T) -> R,
+        apply: impl FnOnce(&mut Shard, T, i64) -> R,
     ) -> Result<R, T> {
         let mut guard = match self.shard.try_lock() {
             Ok(guard) => guard,
@@ -666,9 +671,10 @@ impl ShardCell {
         if !shard.takes_inline() {
             return Err(input);
         }
-        shard.forget_expired();
+        let now = shard.now();
+        shard.forget_expired(now);
         let next_before = shard.queue.next_deadline();
-        let r = apply(shard, input);
+        let r = apply(shard, input, now);
         shard.finish_step();
         let next_after = shard.queue.next_deadline();
         drop(guard);

@@ -57,7 +57,7 @@ impl Shard {
                     self.rechecks.poll_due(cx, &*clock)
                 }) => {}
             }
-            self.forget_expired();
+            self.forget_expired(self.now());
             let due = self.take_due_current();
             if !pending.is_empty() || !due.is_empty() {
                 self.round(pending, due).await;
@@ -148,16 +148,16 @@ impl Shard {
             }
             // What the round counts (events, changes, timers) counts only if it is committed.
             let counted = self.delta.clone();
+            let now = self.now();
             let results: Vec<Vec<Result<Applied, EngineError>>> = pending
                 .iter()
                 .map(|(items, _)| {
                     items
                         .iter()
-                        .map(|(target, ev)| self.on_event(target.clone(), ev.clone()))
+                        .map(|(target, ev)| self.on_event(target.clone(), ev.clone(), now))
                         .collect()
                 })
                 .collect();
-            let now = self.now();
             for ((id, t), claim) in due.iter().zip(&fetched.claims) {
                 match claim {
                     Ok(()) => self.on_timer(id, *t, now),
