@@ -267,7 +267,7 @@ impl Shard {
         let mut part = shared.table.write(self.part);
         let found = part.entry(id);
         let slot = found.ok();
-        let linked = slot.map(|s| part.linked_keys(s)).unwrap_or_default();
+        let leavable = slot.map(|s| part.leavable_keys(s)).unwrap_or_default();
         let existing = slot.and_then(|s| part.at_mut(s));
         let before_state = existing.as_ref().map(|b| b.state);
         let before_timer = existing.as_ref().and_then(|b| b.timer);
@@ -297,7 +297,7 @@ impl Shard {
                         crate::transition::Refusal::UnknownBattle,
                     ));
                 };
-                self.follow_rooms(&mut part, slot, &linked, &fx, cause, before_state);
+                self.follow_rooms(&mut part, slot, &leavable, &fx, cause, before_state);
                 let Some(b) = part.at(slot) else {
                     return Err(EngineError::Refused(
                         crate::transition::Refusal::UnknownBattle,
@@ -316,7 +316,7 @@ impl Shard {
         &self,
         part: &mut Part,
         slot: Slot,
-        linked: &crate::table::RoomKeys,
+        leavable: &crate::table::RoomKeys,
         fx: &Effects,
         cause: Cause,
         before: Option<State>,
@@ -326,7 +326,8 @@ impl Shard {
             || before.map(|s| s == State::Ended) != Some(ended)
             || cause == Cause::CreateWebhook
         {
-            part.relink(slot, linked);
+            let was_live = before.is_some_and(|s| s != State::Ended);
+            part.follow(slot, was_live, leavable);
         }
     }
 
@@ -436,7 +437,6 @@ impl Shard {
             // Stale: the battle moved on and queued its new timer already.
             return;
         };
-        let linked = part.linked_keys(slot);
         let Some(b) = part.at_mut(slot) else {
             return;
         };
@@ -458,7 +458,9 @@ impl Shard {
                     crate::battle::TimerKind::ResponseDeadline => Cause::ResponseTimer,
                     _ => Cause::EndTimer,
                 };
-                self.follow_rooms(part, slot, &linked, &fx, cause, Some(before_state));
+                // A timer never changes who is in the battle: no room can have left.
+                let leavable = crate::table::RoomKeys::new();
+                self.follow_rooms(part, slot, &leavable, &fx, cause, Some(before_state));
                 let Some(b) = part.at(slot) else {
                     return;
                 };

@@ -142,9 +142,11 @@ impl Part {
     pub(crate) fn insert(&mut self, b: Battle) -> (Slot, Option<Battle>) {
         match self.entry(&b.id) {
             Ok(slot) => {
-                let before = self.linked_keys(slot);
+                // Any of the old record's rooms may be missing from the new one.
+                let was_live = self.at(slot).is_some_and(|b| b.state != State::Ended);
+                let before = self.room_keys(slot);
                 let old = self.record_mut(slot.0).map(|r| std::mem::replace(r, b));
-                self.relink(slot, &before);
+                self.follow(slot, was_live, &before);
                 (slot, old)
             }
             Err(vacant) => (self.fill(vacant, b), None),
@@ -168,7 +170,7 @@ impl Part {
                 Self::spread(l.key)
             });
         self.len += 1;
-        self.relink(Slot(slot), &RoomKeys::new());
+        self.follow(Slot(slot), false, &RoomKeys::new());
         Slot(slot)
     }
 
@@ -187,9 +189,10 @@ impl Part {
     /// Lets go of the battle `id` (and of its room links).
     pub(crate) fn remove(&mut self, id: &str) -> Option<Battle> {
         let slot = self.find(id)?;
-        let before = self.linked_keys(slot);
-        for key in before {
-            self.unlink(slot.0, key);
+        if self.at(slot).is_some_and(|b| b.state != State::Ended) {
+            for key in self.room_keys(slot) {
+                self.unlink(slot.0, key);
+            }
         }
         let key = self.key_of(id);
         if let Ok(e) = self.ids.find_entry(Self::spread(key), |l| l.slot == slot.0) {
@@ -202,11 +205,10 @@ impl Part {
         old
     }
 
-    /// The keys of the rooms the battle in `slot` is linked under now: its rooms while it is
-    /// live, none once it ended. Read before changing the battle, for [`Part::relink`].
-    pub(crate) fn linked_keys(&self, slot: Slot) -> RoomKeys {
+    /// The keys of the rooms of the battle in `slot`, live or not.
+    fn room_keys(&self, slot: Slot) -> RoomKeys {
         let mut keys = RoomKeys::new();
-        if let Some(b) = self.at(slot).filter(|b| b.state != State::Ended) {
+        if let Some(b) = self.at(slot) {
             for r in rooms_of(b) {
                 let k = self.key_of(r);
                 if !keys.contains(&k) {
@@ -217,20 +219,60 @@ impl Part {
         keys
     }
 
-    /// Makes the room links of the battle in `slot` follow it, given the keys it was linked
-    /// under (`before`, from [`Part::linked_keys`]).
-    pub(crate) fn relink(&mut self, slot: Slot, before: &RoomKeys) {
-        let now = self.linked_keys(slot);
-        for &k in before.iter().filter(|k| !now.contains(k)) {
-            self.unlink(slot.0, k);
+    /// The keys of the rooms that a step could take out of the battle in `slot`: participants
+    /// that are neither its caller nor an invited callee (those two lists only ever grow).
+    /// Usually none, found without reading a room's name: a participant's room shares the
+    /// caller's or a callee's allocation. Read before the step, for [`Part::follow`].
+    pub(crate) fn leavable_keys(&self, slot: Slot) -> RoomKeys {
+        let mut keys = RoomKeys::new();
+        let Some(b) = self.at(slot) else {
+            return keys;
+        };
+        for p in &b.participants {
+            let r = &p.room_id;
+            let same = |x: &Arc<str>| Arc::ptr_eq(x, r);
+            if b.from_room.as_ref().is_some_and(same) || b.to_rooms.iter().any(same) {
+                continue;
+            }
+            if b.from_room.as_deref() == Some(&**r) || b.to_rooms.iter().any(|t| **t == **r) {
+                continue;
+            }
+            let k = self.key_of(r);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
         }
-        for &k in now.iter().filter(|k| !before.contains(k)) {
-            let link = Link {
-                slot: slot.0,
-                key: k,
-            };
-            self.rooms
-                .insert_unique(Self::spread(k), link, |l| Self::spread(l.key));
+        keys
+    }
+
+    /// Makes the room links of the battle in `slot` follow a step that may have changed its
+    /// rooms or ended it: the rooms of a live battle are linked, those of an ended one are not.
+    /// `was_live` and `leavable` ([`Part::leavable_keys`]) are from before the step.
+    pub(crate) fn follow(&mut self, slot: Slot, was_live: bool, leavable: &RoomKeys) {
+        let live = self.at(slot).is_some_and(|b| b.state != State::Ended);
+        let now = self.room_keys(slot);
+        if was_live {
+            for &k in leavable.iter().filter(|k| !live || !now.contains(k)) {
+                self.unlink(slot.0, k);
+            }
+            if !live {
+                for &k in &now {
+                    self.unlink(slot.0, k);
+                }
+            }
+        }
+        if live {
+            for &k in &now {
+                let link = Link {
+                    slot: slot.0,
+                    key: k,
+                };
+                let spread = Self::spread(k);
+                if !was_live || self.rooms.find(spread, |l| *l == link).is_none() {
+                    self.rooms
+                        .insert_unique(spread, link, |l| Self::spread(l.key));
+                }
+            }
         }
     }
 
@@ -422,20 +464,32 @@ mod tests {
         assert_eq!(p.room_battle("x").map(|b| &*b.id), Some("a"));
         // Ending "b" lets go of its rooms: "y" is back with "a".
         let sb = p.find("b").expect("held");
-        let before = p.linked_keys(sb);
+        let leavable = p.leavable_keys(sb);
         if let Some(b) = p.at_mut(sb) {
             b.state = State::Ended;
         }
-        p.relink(sb, &before);
+        p.follow(sb, true, &leavable);
         assert_eq!(p.room_battle("y").map(|b| &*b.id), Some("a"));
         assert!(p.room_battle("z").is_none());
-        // A room that leaves the battle's membership is unlinked.
-        let before = p.linked_keys(s);
+        // A participant that is neither caller nor callee can leave, and is unlinked.
         if let Some(b) = p.at_mut(s) {
-            b.to_rooms.clear();
-            b.participants.retain(|q| &*q.room_id != "y");
+            let extra = b.room_arc("w");
+            b.participants.push(crate::battle::Participant::new(extra));
         }
-        p.relink(s, &before);
+        p.follow(s, true, &RoomKeys::new());
+        assert_eq!(p.room_battle("w").map(|b| &*b.id), Some("a"));
+        let leavable = p.leavable_keys(s);
+        assert_eq!(leavable.len(), 1, "only the extra participant can leave");
+        if let Some(b) = p.at_mut(s) {
+            b.participants.retain(|q| &*q.room_id != "w");
+        }
+        p.follow(s, true, &leavable);
+        assert!(p.room_battle("w").is_none());
+        // Replacing the record relinks it from scratch.
+        let mut smaller = p.get("a").expect("held").clone();
+        smaller.to_rooms.clear();
+        smaller.participants.retain(|q| &*q.room_id != "y");
+        p.insert(smaller);
         assert!(p.room_battle("y").is_none());
         assert_eq!(p.rooms.len(), 1);
         p.remove("a");
