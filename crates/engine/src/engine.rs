@@ -11,7 +11,7 @@ use crate::clock::{Clock, TokioClock};
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::notify::{Filter, Hub, Observer, ResumeTooOld, Subscription};
-use crate::shard::{Command, Routed, Shard, ShardCell, Shared};
+use crate::shard::{Command, ReplicaUpdate, Routed, Shard, ShardCell, Shared};
 use crate::store::{EphemeralStore, Store, StoreError};
 // A battle's shard is its part of the table: FNV-1a of the id, the same in every process.
 use crate::table::{part_of as shard_of, Table};
@@ -185,14 +185,7 @@ impl EngineBuilder {
         });
         shared.hub.restore(loaded.notifications, 0);
         let n = self.shards;
-        let mut per_shard: Vec<(Vec<_>, Vec<_>)> =
-            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
-        for b in loaded.battles {
-            per_shard[shard_of(&b.id, n)].0.push(b);
-        }
-        for (id, at) in loaded.evicted {
-            per_shard[shard_of(&id, n)].1.push((id, at));
-        }
+        let per_shard = by_shard(loaded.battles, loaded.evicted, n);
         let mut senders = Vec::with_capacity(n);
         let mut receivers = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
@@ -271,7 +264,23 @@ async fn follow(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Command>>) {
     };
     let n = senders.len();
     let mut failing = false;
+    let mut reload = false;
     while !shared.stopping.load(Ordering::Relaxed) {
+        if reload {
+            match shared.store.load().await {
+                Ok(loaded) => {
+                    resync(&senders, loaded).await;
+                    tracing::info!("reloaded every battle from the shared store");
+                    reload = false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reloading from the shared store failed; retrying");
+                    shared.store_healthy.store(false, Ordering::Relaxed);
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    continue;
+                }
+            }
+        }
         let changes = match store.follow().await {
             Ok(changes) => changes,
             Err(e) => {
@@ -296,7 +305,13 @@ async fn follow(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Command>>) {
                 crate::store::Replicated::Put(ref b) => per_shard[shard_of(&b.id, n)].push(c),
                 crate::store::Replicated::Evict(ref id, _) => per_shard[shard_of(id, n)].push(c),
                 crate::store::Replicated::Notify(note) => notes.push(*note),
+                crate::store::Replicated::Reload => reload = true,
             }
+        }
+        if reload {
+            // Changes were lost: the whole replica is reloaded before following on (the
+            // subscribers miss the lost notifications; a lagging one re-reads a snapshot).
+            continue;
         }
         let mut acks = Vec::new();
         for (tx, changes) in senders.iter().zip(per_shard) {
@@ -304,7 +319,8 @@ async fn follow(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Command>>) {
                 continue;
             }
             let (done, ack) = oneshot::channel();
-            if tx.send(Command::Replicate { changes, done }).await.is_ok() {
+            let update = ReplicaUpdate::Changes(changes);
+            if tx.send(Command::Replica { update, done }).await.is_ok() {
                 acks.push(ack);
             }
         }
@@ -314,6 +330,42 @@ async fn follow(shared: Arc<Shared>, senders: Vec<mpsc::Sender<Command>>) {
         if !notes.is_empty() {
             shared.hub.deliver_followed(notes);
         }
+    }
+}
+
+/// What a store holds of one shard: its battles and its evicted ids.
+type ShardState = (Vec<crate::battle::Battle>, Vec<(Arc<str>, i64)>);
+
+/// Splits what a store holds among `n` shards.
+fn by_shard(
+    battles: Vec<crate::battle::Battle>,
+    evicted: Vec<(Arc<str>, i64)>,
+    n: usize,
+) -> Vec<ShardState> {
+    let mut per_shard: Vec<ShardState> = (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+    for b in battles {
+        per_shard[shard_of(&b.id, n)].0.push(b);
+    }
+    for (id, at) in evicted {
+        per_shard[shard_of(&id, n)].1.push((id, at));
+    }
+    per_shard
+}
+
+/// Makes every shard's replica what the store holds (`loaded`), after the change feed lost
+/// changes: battles the store no longer has are dropped, the others adopted.
+async fn resync(senders: &[mpsc::Sender<Command>], loaded: crate::store::Loaded) {
+    let per_shard = by_shard(loaded.battles, loaded.evicted, senders.len());
+    let mut acks = Vec::new();
+    for (tx, (battles, evicted)) in senders.iter().zip(per_shard) {
+        let (done, ack) = oneshot::channel();
+        let update = ReplicaUpdate::Reset(battles, evicted);
+        if tx.send(Command::Replica { update, done }).await.is_ok() {
+            acks.push(ack);
+        }
+    }
+    for ack in acks {
+        let _ = ack.await;
     }
 }
 

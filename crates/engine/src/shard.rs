@@ -40,6 +40,15 @@ pub(crate) struct Shared {
     pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
+/// What a shard's replica of a shared store is brought up to.
+pub(crate) enum ReplicaUpdate {
+    /// Other instances' commits.
+    Changes(Vec<crate::store::Replicated>),
+    /// The change feed lost changes: exactly what the store holds of this shard (its battles
+    /// and evicted ids).
+    Reset(Vec<Battle>, Vec<(Arc<str>, i64)>),
+}
+
 /// One routed input: the battle it targets when the event does not name it (`RoomDestroyed`,
 /// resolved through the room index), and the event.
 pub(crate) type Routed = (Option<Arc<str>>, Event);
@@ -49,9 +58,9 @@ pub(crate) enum Command {
         items: Vec<Routed>,
         reply: oneshot::Sender<Vec<Result<Applied, EngineError>>>,
     },
-    /// Another instance's commits (shared store): bring the replica up to date, then answer.
-    Replicate {
-        changes: Vec<crate::store::Replicated>,
+    /// Shared store: bring the replica up to date, then answer.
+    Replica {
+        update: ReplicaUpdate,
         done: oneshot::Sender<()>,
     },
     Shutdown {
@@ -182,8 +191,8 @@ impl Shard {
                     let results = self.apply_all(items, now);
                     self.replies.push((reply, results));
                 }
-                Command::Replicate { changes, done } => {
-                    self.replicate(changes);
+                Command::Replica { update, done } => {
+                    self.update_replica(update);
                     let _ = done.send(());
                 }
                 Command::Shutdown { reply } => {

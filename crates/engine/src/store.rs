@@ -141,6 +141,10 @@ pub enum Replicated {
     Evict(Arc<str>, i64),
     /// A notification, with its store-assigned `seq`.
     Notify(Box<Notification>),
+    /// The store lost changes this instance had not followed yet (its change feed was trimmed
+    /// past them): the replica must be reloaded from the store ([`Store::load`]); following
+    /// then goes on from where that load read.
+    Reload,
 }
 
 /// The extra side of a store several engines share: each engine keeps a replica of every
@@ -161,7 +165,8 @@ pub trait SharedStore: Send + Sync {
     fn commit(&self, ops: Vec<StoreOp>) -> BoxFuture<'_, Result<Commit, StoreError>>;
     /// The next committed changes after the last ones returned (the first call continues from
     /// where [`Store::load`] read); waits up to about a second, and returns empty if nothing
-    /// came.
+    /// came. Returns [`Replicated::Reload`] alone when changes after the last ones returned
+    /// are gone.
     fn follow(&self) -> BoxFuture<'_, Result<Vec<Replicated>, StoreError>>;
 }
 

@@ -101,6 +101,51 @@ impl Keys {
     }
 }
 
+/// Where following the change feed stands: the last entry followed, and how many entries the
+/// feed had ever been given up to it (Redis's `entries-added` counts every entry ever added).
+/// The feed is trimmed from its oldest end, so `entries-added − length` entries are gone; when
+/// that is more than `consumed`, entries this instance had not followed yet were trimmed.
+#[derive(Clone, Debug)]
+struct Cursor {
+    id: String,
+    consumed: u64,
+}
+
+impl Default for Cursor {
+    fn default() -> Cursor {
+        Cursor {
+            id: "0-0".into(),
+            consumed: 0,
+        }
+    }
+}
+
+/// The feed's counters, from `XINFO STREAM`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct FeedInfo {
+    /// The newest entry's id (`0-0` for an empty or missing feed).
+    last_id: String,
+    /// Entries now in the feed.
+    length: u64,
+    /// Entries ever added (`None` before Redis 7.0, which does not count them).
+    entries_added: Option<u64>,
+}
+
+impl FeedInfo {
+    fn default_empty() -> FeedInfo {
+        FeedInfo {
+            last_id: "0-0".into(),
+            length: 0,
+            entries_added: Some(0),
+        }
+    }
+
+    /// How many entries were trimmed away, if Redis counts them.
+    fn trimmed(&self) -> Option<u64> {
+        self.entries_added.map(|a| a.saturating_sub(self.length))
+    }
+}
+
 /// The Redis store. Cheap to clone: clones share connections and the follow cursor.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -115,8 +160,8 @@ struct Inner {
     con: ConnectionManager,
     /// The change feed's blocking reads (their own connection).
     feed_con: tokio::sync::Mutex<ConnectionManager>,
-    /// The feed entry last followed.
-    cursor: Mutex<String>,
+    /// Where following the feed stands.
+    cursor: Mutex<Cursor>,
     instance: String,
     fetch: Script,
     commit: Script,
@@ -159,7 +204,7 @@ impl RedisStore {
                 keys,
                 con,
                 feed_con: tokio::sync::Mutex::new(feed_con),
-                cursor: Mutex::new("0-0".into()),
+                cursor: Mutex::new(Cursor::default()),
                 instance,
                 fetch: Script::new(include_str!("fetch.lua")),
                 commit: Script::new(include_str!("commit.lua")),
@@ -236,24 +281,10 @@ impl RedisStore {
         let mut con = self.inner.con.clone();
         // Where the feed stands before reading: following continues from here, and changes
         // made while loading come again through the feed (newer versions win).
-        let last: Value = redis::cmd("XREVRANGE")
-            .arg(&keys.feed)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut con)
-            .await
-            .map_err(|e| self.err(e))?;
-        let cursor = match &last {
-            Value::Array(entries) => entries
-                .first()
-                .and_then(|e| match e {
-                    Value::Array(parts) => parts.first().and_then(text),
-                    _ => None,
-                })
-                .unwrap_or_else(|| "0-0".into()),
-            _ => "0-0".into(),
+        let feed = self.feed_info(&mut con).await?;
+        let cursor = Cursor {
+            id: feed.last_id.clone(),
+            consumed: feed.entries_added.unwrap_or(0),
         };
         let mut loaded = Loaded::default();
         let mut scan = "0".to_string();
@@ -300,11 +331,48 @@ impl RedisStore {
             .into_iter()
             .map(|(id, at)| (Arc::from(id), at as i64))
             .collect();
-        loaded.notifications = self.recent_notifications(&cursor).await?;
+        loaded.notifications = self.recent_notifications(&cursor.id).await?;
         if let Ok(mut c) = self.inner.cursor.lock() {
             *c = cursor;
         }
         Ok(loaded)
+    }
+
+    /// The feed's newest id and counters (`XINFO STREAM`); a feed not created yet is empty.
+    async fn feed_info(&self, con: &mut ConnectionManager) -> Result<FeedInfo, StoreError> {
+        let reply: Result<Value, redis::RedisError> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.inner.keys.feed)
+            .query_async(con)
+            .await;
+        let reply = match reply {
+            Ok(v) => v,
+            Err(e) if e.to_string().contains("no such key") => return Ok(FeedInfo::default_empty()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let pairs: Vec<(String, Value)> = match reply {
+            Value::Map(kv) => kv
+                .into_iter()
+                .filter_map(|(k, v)| text(&k).map(|k| (k, v)))
+                .collect(),
+            Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [k, v] => text(k).map(|k| (k, v.clone())),
+                    _ => None,
+                })
+                .collect(),
+            _ => return Err(self.err("unexpected XINFO STREAM reply")),
+        };
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let number = |name: &str| get(name).and_then(text).and_then(|t| t.parse::<u64>().ok());
+        Ok(FeedInfo {
+            last_id: get("last-generated-id")
+                .and_then(text)
+                .unwrap_or_else(|| "0-0".into()),
+            length: number("length").unwrap_or(0),
+            entries_added: number("entries-added"),
+        })
     }
 
     /// The last `replay` notifications up to `until`, reading the feed backwards.
@@ -591,7 +659,7 @@ impl SharedStore for RedisStore {
                 .cursor
                 .lock()
                 .map(|c| c.clone())
-                .unwrap_or_else(|_| "0-0".into());
+                .unwrap_or_default();
             let mut con = self.inner.feed_con.lock().await;
             let reply: Value = redis::cmd("XREAD")
                 .arg("COUNT")
@@ -600,7 +668,7 @@ impl SharedStore for RedisStore {
                 .arg(FOLLOW_BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(&self.inner.keys.feed)
-                .arg(&cursor)
+                .arg(&cursor.id)
                 .query_async(&mut *con)
                 .await
                 .map_err(|e| self.err(e))?;
@@ -616,10 +684,27 @@ impl SharedStore for RedisStore {
             let Some(entries) = entries else {
                 return Ok(Vec::new());
             };
+            // Were entries after the cursor trimmed before this read? Counted after the read,
+            // so a trim that came later (of entries just read) can only make it say so too
+            // early, never too late.
+            let feed = self.feed_info(&mut con).await?;
+            if feed.trimmed().is_some_and(|t| t > cursor.consumed) {
+                tracing::warn!(
+                    feed = %self.inner.keys.feed,
+                    followed = cursor.consumed,
+                    trimmed = feed.trimmed().unwrap_or(0),
+                    "the change feed was trimmed past the entries this instance had followed; \
+                     reloading from the store"
+                );
+                return Ok(vec![Replicated::Reload]);
+            }
             let parsed = self.parse_entries(&entries)?;
             if let Some((last, _)) = parsed.last() {
                 if let Ok(mut c) = self.inner.cursor.lock() {
-                    *c = last.clone();
+                    *c = Cursor {
+                        id: last.clone(),
+                        consumed: cursor.consumed + parsed.len() as u64,
+                    };
                 }
             }
             Ok(parsed.into_iter().filter_map(|(_, c)| c).collect())

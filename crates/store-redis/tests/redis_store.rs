@@ -23,11 +23,15 @@ fn namespace(name: &str) -> String {
 
 /// Connects, or skips the test loudly when no Redis answers (never under CI).
 async fn connect(ns: &str) -> Option<RedisStore> {
-    let options = RedisOptions {
+    connect_with(RedisOptions {
         namespace: ns.into(),
         lease_ms: 300,
         ..Default::default()
-    };
+    })
+    .await
+}
+
+async fn connect_with(options: RedisOptions) -> Option<RedisStore> {
     match RedisStore::connect(&url(), options).await {
         Ok(s) => Some(s),
         Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
@@ -219,4 +223,60 @@ async fn drain(sub: &mut livebattle_engine::Subscription) -> Seen {
         }
     }
     seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_changes_were_trimmed_from_the_feed_reloads_them() {
+    let ns = namespace("trim");
+    // A feed of about ten entries: Redis trims whole nodes (100 entries), so one burst of a
+    // few hundred changes trims entries the other instance has not read yet.
+    let options = RedisOptions {
+        namespace: ns.clone(),
+        lease_ms: 300,
+        feed_len: 10,
+        ..Default::default()
+    };
+    let Some(a_store) = connect_with(options.clone()).await else {
+        return;
+    };
+    let b_store = connect_with(options).await.expect("second connection");
+    let a = start_engine(a_store).await;
+    let b = start_engine(b_store).await;
+    let now = a.now_ms();
+    let n = 400;
+    let burst: Vec<Event> = (0..n)
+        .map(|i| created(&format!("burst-{i}"), now, 60_000))
+        .collect();
+    for r in a.apply_batch(burst).await {
+        assert!(matches!(r.expect("applied").outcome, Outcome::New));
+    }
+    // B follows the feed; the burst's first changes are trimmed before it reads them, so it
+    // must notice and reload.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.battle_count() < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.battle_count(), n, "every battle reached the follower");
+    for i in [0, n / 2, n - 1] {
+        let id = format!("burst-{i}");
+        let (x, y) = (a.battle(&id).expect("on A"), b.battle(&id).expect("on B"));
+        assert_eq!((x.state, x.version), (y.state, y.version), "{id}");
+    }
+    assert_eq!(
+        b.room_battle(&format!("from-burst-{}", n - 1))
+            .map(|s| s.battle_id.to_string()),
+        Some(format!("burst-{}", n - 1)),
+        "the reloaded replica's room index"
+    );
+    // Following goes on after the reload.
+    a.apply(created("after", now, 60_000))
+        .await
+        .expect("applied");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.battle("after").is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b.battle("after").is_some(), "followed after the reload");
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -40,8 +40,8 @@ impl Shard {
                     for cmd in buf.drain(..) {
                         match cmd {
                             Command::Apply { items, reply } => pending.push((items, reply)),
-                            Command::Replicate { changes, done } => {
-                                self.replicate(changes);
+                            Command::Replica { update, done } => {
+                                self.update_replica(update);
                                 let _ = done.send(());
                             }
                             Command::Shutdown { reply } => closing = Some(reply),
@@ -261,8 +261,16 @@ impl Shard {
         }
     }
 
+    /// Brings the replica up to date.
+    pub(super) fn update_replica(&mut self, update: ReplicaUpdate) {
+        match update {
+            ReplicaUpdate::Changes(changes) => self.replicate(changes),
+            ReplicaUpdate::Reset(battles, evicted) => self.resync(battles, evicted),
+        }
+    }
+
     /// Applies changes other instances committed (newer records only).
-    pub(super) fn replicate(&mut self, changes: Vec<crate::store::Replicated>) {
+    fn replicate(&mut self, changes: Vec<crate::store::Replicated>) {
         for change in changes {
             match change {
                 crate::store::Replicated::Put(b) => {
@@ -280,8 +288,37 @@ impl Shard {
                 crate::store::Replicated::Evict(id, forget_at) => {
                     self.adopt(&id, &Stored::Evicted(forget_at));
                 }
-                crate::store::Replicated::Notify(_) => {}
+                // Notifications reach the hub from the follower; a reload is the follower's.
+                crate::store::Replicated::Notify(_) | crate::store::Replicated::Reload => {}
             }
+        }
+    }
+
+    /// Makes the replica exactly what the store holds: `battles` and `evicted` are all of this
+    /// shard's; a battle or evicted id held here and not there is forgotten.
+    fn resync(&mut self, battles: Vec<Battle>, evicted: Vec<(Arc<str>, i64)>) {
+        let held: HashSet<Arc<str>> = battles
+            .iter()
+            .map(|b| b.id.clone())
+            .chain(evicted.iter().map(|(id, _)| id.clone()))
+            .collect();
+        let gone: Vec<Arc<str>> = {
+            let part = self.shared.table.read(self.part);
+            part.iter()
+                .map(|b| b.id.clone())
+                .chain(self.evicted.keys().cloned())
+                .filter(|id| !held.contains(id))
+                .collect()
+        };
+        for id in gone {
+            self.adopt(&id, &Stored::Absent);
+        }
+        for b in battles {
+            let id = b.id.clone();
+            self.adopt(&id, &Stored::Present(Box::new(b)));
+        }
+        for (id, at) in evicted {
+            self.adopt(&id, &Stored::Evicted(at));
         }
     }
 
