@@ -253,6 +253,54 @@ mod tests {
         assert_eq!(drain(&mut q, far), vec![(far, 3)]);
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a plain sorted list: every entry comes out exactly once, at the first take at
+        /// or after its deadline, earliest first; `next_deadline` never lies past the earliest.
+        #[test]
+        fn the_wheel_hands_out_what_a_sorted_list_would(
+            ops in prop::collection::vec(
+                prop_oneof![
+                    (-50i64..5_000_000).prop_map(Ok),
+                    (0i64..400_000).prop_map(Err),
+                ],
+                1..200,
+            )
+        ) {
+            let t0 = 1_764_547_200_000i64;
+            let mut q = TimerQueue::new(t0);
+            let mut pending: Vec<(i64, u32)> = Vec::new();
+            let mut now = t0;
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    Ok(offset) => {
+                        q.insert(now + offset, i as u32);
+                        pending.push((now + offset, i as u32));
+                    }
+                    Err(step) => {
+                        now += step;
+                        let mut got = drain(&mut q, now);
+                        prop_assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "earliest first");
+                        got.sort_unstable();
+                        let mut want: Vec<(i64, u32)> =
+                            pending.iter().copied().filter(|(at, _)| *at <= now).collect();
+                        want.sort_unstable();
+                        pending.retain(|(at, _)| *at > now);
+                        prop_assert_eq!(got, want);
+                    }
+                }
+                match pending.iter().map(|(at, _)| *at).min() {
+                    Some(earliest) => prop_assert!(
+                        q.next_deadline().is_some_and(|d| d <= earliest.max(now)),
+                        "next deadline {:?} after the earliest entry {}", q.next_deadline(), earliest
+                    ),
+                    None => prop_assert_eq!(q.next_deadline(), None),
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_late_take_returns_every_due_entry_sorted() {
         let t0 = 10_000;
