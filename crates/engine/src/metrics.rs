@@ -85,7 +85,7 @@ impl MetricsDelta {
             .position(|b| late_ms <= *b)
             .unwrap_or(LATENESS_BUCKETS_MS.len());
         self.lateness[i] += 1;
-        self.lateness_sum_ms += late_ms;
+        self.lateness_sum_ms = self.lateness_sum_ms.saturating_add(late_ms);
         self.lateness_max_ms = self.lateness_max_ms.max(late_ms);
     }
     pub(crate) fn evicted(&mut self) {

@@ -220,7 +220,7 @@ pub fn apply_timer(b: &mut Battle, timer: Timer, now_ms: i64, rules: &Rules) -> 
         return Effects::of(Change::None);
     }
     let before = b.state;
-    let late_ms = u64::try_from(now_ms - timer.at_ms).unwrap_or(0);
+    let late_ms = u64::try_from(now_ms.saturating_sub(timer.at_ms)).unwrap_or(0);
     let at = timer.at_ms;
     match (timer.kind, b.state) {
         (TimerKind::PendingExpiry, State::Pending) => end(b, EndReason::NotStarted, at),

@@ -606,3 +606,33 @@ async fn an_earlier_deadline_queued_after_a_later_one_still_fires_on_time() {
     assert_eq!((b.state, b.ended_at_ms), (State::Ended, Some(T0 + 6_000)));
     assert_eq!(e.battle("late").unwrap().state, State::Running);
 }
+
+#[tokio::test(start_paused = true)]
+async fn extreme_timestamps_never_panic_and_every_timer_still_fires() {
+    // Tencent's times are input: the engine saturates, it does not overflow (debug builds
+    // check every subtraction).
+    let e = engine().await;
+    let extremes = [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX - 1, i64::MAX];
+    for (i, &t) in extremes.iter().enumerate() {
+        for need_response in [false, true] {
+            let id = format!("x{i}-{need_response}");
+            e.apply(create(&id, need_response, t)).await.unwrap();
+            let _ = e.apply(start(&id, t)).await;
+            let _ = e.apply(end(&id, t, t, 0)).await;
+            let id = format!("y{i}-{need_response}");
+            e.apply(create(&id, need_response, t)).await.unwrap();
+        }
+    }
+    // Inside the retention (10 min from when each ended): every one is still held.
+    at(&e, 5 * 60_000).await;
+    for (i, _) in extremes.iter().enumerate() {
+        for need_response in [false, true] {
+            let b = e.battle(&format!("y{i}-{need_response}")).unwrap();
+            assert_eq!(
+                b.state,
+                State::Ended,
+                "y{i}-{need_response} ended by its timer"
+            );
+        }
+    }
+}

@@ -82,7 +82,7 @@ pub fn end(id: &str, start_ms: i64, end_ms: i64, op_type: i64) -> Event {
         op_type: Some(op_type),
         from_room: Some(room("pk-3", "144115245353757792", Some(7))),
         to_rooms: vec![room("pk-5", "144115245442327522", Some(3))],
-        event_time_ms: Some(end_ms + 1_119),
+        event_time_ms: Some(end_ms.saturating_add(1_119)),
     })
 }
 
