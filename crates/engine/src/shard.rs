@@ -210,6 +210,15 @@ impl Shard {
         items: Vec<Routed>,
         now: i64,
     ) -> Vec<Result<Applied, EngineError>> {
+        if items.len() > 1 {
+            // Look the batch's battles up first (`Part::warm`): their cache misses overlap.
+            let part = self.shared.table.read(self.part);
+            for (target, ev) in &items {
+                if let Some(id) = target.as_deref().or_else(|| ev.battle_id()) {
+                    part.warm(id);
+                }
+            }
+        }
         items
             .into_iter()
             .map(|(id, ev)| self.on_event(id, ev, now))
@@ -242,6 +251,12 @@ impl Shard {
         let now = self.now();
         self.queue.take_due(now, &mut due);
         let shared = self.shared.clone();
+        if due.len() > 1 {
+            let part = shared.table.read(self.part);
+            for (_, entry) in &due {
+                part.warm_at(entry.slot);
+            }
+        }
         for (at_ms, entry) in due.drain(..) {
             let mut part = shared.table.write(self.part);
             self.fire(&mut part, entry.slot, at_ms, entry.generation, now);

@@ -116,6 +116,32 @@ impl Part {
             .ok_or(Vacant(key))
     }
 
+    /// Reads what applying an event to battle `id` will read (its table entry, record, id,
+    /// rooms and text arena), so that a batch can look all its battles up first: those lookups
+    /// do not depend on each other, so their cache misses overlap, and the applying pass (whose
+    /// steps do depend on each other) then finds everything in cache.
+    pub(crate) fn warm(&self, id: &str) {
+        if let Some(slot) = self.find(id) {
+            self.warm_at(slot);
+        }
+    }
+
+    /// [`Part::warm`] for the battle in `slot` (a due timer's).
+    pub(crate) fn warm_at(&self, slot: Slot) {
+        if let Some(b) = self.at(slot) {
+            let first = |r: Option<&Arc<str>>| r.and_then(|r| r.as_bytes().first().copied());
+            std::hint::black_box((
+                b.state,
+                b.timer,
+                b.closed_at_ms,
+                b.participants.len(),
+                b.operator().map(str::len),
+                first(b.from_room.as_ref()),
+                first(b.to_rooms.first()),
+            ));
+        }
+    }
+
     /// The battle `id`.
     pub(crate) fn get(&self, id: &str) -> Option<&Battle> {
         self.find(id).and_then(|s| self.at(s))
