@@ -1,7 +1,8 @@
 //! The thin async shell: a shard is the single writer of its battles (its task, or an in-memory
 //! caller that finds it free: [`ShardCell::inline`]) and the owner of one timer queue. It feeds
-//! inputs to the pure core ([`crate::transition`]) and carries out the effects: arm/cancel timers, write the store (one batch per wake-up: group commit), publish
-//! notifications, keep the room index, evict, and only then reply.
+//! inputs to the pure core ([`crate::transition`]) and carries out the effects: arm/cancel
+//! timers, write the store (one batch per wake-up: group commit), publish notifications, keep
+//! the room links, evict, and only then reply.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -321,7 +322,7 @@ impl Shard {
                         crate::transition::Refusal::UnknownBattle,
                     ));
                 };
-                self.follow_rooms(&mut part, slot, &leavable, &fx, cause, before_state);
+                follow_rooms(&mut part, slot, &leavable, &fx, cause, before_state);
                 let Some(b) = part.at(slot) else {
                     return Err(EngineError::Refused(
                         crate::transition::Refusal::UnknownBattle,
@@ -330,28 +331,6 @@ impl Shard {
                 self.retime(slot, b.timer, before_timer);
                 Ok(self.after_change(b, fx, cause, before_state, before_version, now))
             }
-        }
-    }
-
-    /// The room links follow a battle's live rooms: they change when it comes to life or ends,
-    /// when its membership changes, and with Create (which names the invited rooms). A move
-    /// between live states (a re-arm) leaves them alone.
-    fn follow_rooms(
-        &self,
-        part: &mut Part,
-        slot: Slot,
-        leavable: &crate::table::RoomKeys,
-        fx: &Effects,
-        cause: Cause,
-        before: Option<State>,
-    ) {
-        let ended = part.at(slot).is_some_and(|b| b.state == State::Ended);
-        if fx.rooms_changed
-            || before.map(|s| s == State::Ended) != Some(ended)
-            || cause == Cause::CreateWebhook
-        {
-            let was_live = before.is_some_and(|s| s != State::Ended);
-            part.follow(slot, was_live, leavable);
         }
     }
 
@@ -453,11 +432,7 @@ impl Shard {
     /// Fires the timer of the battle in `slot` at `now`, if its armed timer is still the one
     /// due at `at_ms` with `generation`.
     fn fire(&mut self, part: &mut Part, slot: Slot, at_ms: i64, generation: u32, now: i64) {
-        let Some(timer) = part
-            .at(slot)
-            .and_then(|b| b.timer)
-            .filter(|t| t.at_ms == at_ms && t.generation == generation)
-        else {
+        let Some(timer) = part.at(slot).and_then(|b| armed(b, at_ms, generation)) else {
             // Stale: the battle moved on and queued its new timer already.
             return;
         };
@@ -484,7 +459,7 @@ impl Shard {
                 };
                 // A timer never changes who is in the battle: no room can have left.
                 let leavable = crate::table::RoomKeys::new();
-                self.follow_rooms(part, slot, &leavable, &fx, cause, Some(before_state));
+                follow_rooms(part, slot, &leavable, &fx, cause, Some(before_state));
                 let Some(b) = part.at(slot) else {
                     return;
                 };
@@ -767,6 +742,34 @@ impl ShardCell {
             }
         }
     }
+}
+
+/// The room links follow a battle's live rooms: they change when it comes to life or ends, when
+/// its membership changes, and with Create (which names the invited rooms). A move between live
+/// states (a re-arm) leaves them alone.
+fn follow_rooms(
+    part: &mut Part,
+    slot: Slot,
+    leavable: &crate::table::RoomKeys,
+    fx: &Effects,
+    cause: Cause,
+    before: Option<State>,
+) {
+    let ended = part.at(slot).is_some_and(|b| b.state == State::Ended);
+    if fx.rooms_changed
+        || before.map(|s| s == State::Ended) != Some(ended)
+        || cause == Cause::CreateWebhook
+    {
+        let was_live = before.is_some_and(|s| s != State::Ended);
+        part.follow(slot, was_live, leavable);
+    }
+}
+
+/// The battle's armed timer, if it is the one queued for `at_ms` with `generation` (a queued
+/// entry that is not is stale).
+fn armed(b: &Battle, at_ms: i64, generation: u32) -> Option<Timer> {
+    b.timer
+        .filter(|t| t.at_ms == at_ms && t.generation == generation)
 }
 
 /// Answers the callers of a batch.

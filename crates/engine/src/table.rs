@@ -3,10 +3,10 @@
 //!
 //! Why not a map of boxed records keyed by id: at a million battles the engine is bound by
 //! memory, not instructions. Here a record sits in a chunk of the slab (no allocation of its
-//! own), the id table holds 4-byte slots and finds the id through the record, and a room link is
-//! 8 bytes (slot and a 32-bit room hash) instead of two `Arc<str>`s. The tables are
+//! own), and an entry of the id table or of the room table is 8 bytes (a slot and 32 bits of the
+//! id's or room's hash) instead of an `Arc<str>` key and a value. The tables are
 //! `hashbrown::HashTable`s: they store what we give them and ask us to compare and to hash, so
-//! they need no copy of the key.
+//! they need no copy of the key; a lookup checks the record itself.
 //!
 //! Each part sits behind its own lock in [`Table`]: its shard is the only writer, queries read.
 //! A room is linked to every live battle that names it, in the part of that battle; the battle a
@@ -78,7 +78,7 @@ impl Part {
     /// The key of an id or a room: 32 bits of its hash. Every lookup checks the record itself,
     /// so a key never has to identify a battle or a room on its own; two rooms of the same
     /// battle with the same key are one link (either finds the battle).
-    pub(crate) fn key_of(&self, s: &str) -> u32 {
+    fn key_of(&self, s: &str) -> u32 {
         (self.hasher.hash_one(s) >> 32) as u32
     }
 
@@ -153,7 +153,7 @@ impl Part {
     }
 
     /// The battle in `slot`, to change in place. A change to its rooms or to whether it is live
-    /// must be followed by [`Part::relink`].
+    /// must be followed by [`Part::follow`].
     pub(crate) fn at_mut(&mut self, slot: Slot) -> Option<&mut Battle> {
         self.record_mut(slot.0)
     }
@@ -320,7 +320,7 @@ impl Part {
                 if let Some(b) = Self::record(&self.chunks, l.slot) {
                     if b.state != State::Ended
                         && rooms_of(b).any(|r| **r == *room)
-                        && best.is_none_or(|x| later(b, x))
+                        && best.is_none_or(|x| recency(b) > recency(x))
                     {
                         best = Some(b);
                     }
@@ -332,13 +332,13 @@ impl Part {
     }
 }
 
-/// Whether `a` is the battle the engine heard of after `b` (id breaks a tie).
-fn later(a: &Battle, b: &Battle) -> bool {
-    (a.known_since_ms, &a.id) > (b.known_since_ms, &b.id)
+/// How recently the engine heard of a battle: the greater, the later (the id breaks a tie).
+fn recency(b: &Battle) -> (i64, &str) {
+    (b.known_since_ms, &b.id)
 }
 
 /// Each distinct room of a battle once (participants usually repeat the caller and callees).
-pub(crate) fn rooms_of(b: &Battle) -> impl Iterator<Item = &Arc<str>> {
+fn rooms_of(b: &Battle) -> impl Iterator<Item = &Arc<str>> {
     let listed = |r: &&Arc<str>| b.from_room.as_ref() == Some(*r) || b.to_rooms.contains(*r);
     b.from_room.iter().chain(b.to_rooms.iter()).chain(
         b.participants
@@ -407,7 +407,7 @@ impl Table {
             if let Some(b) = part.room_battle(room) {
                 if best
                     .as_ref()
-                    .is_none_or(|(k, id)| (b.known_since_ms, &b.id) > (*k, id))
+                    .is_none_or(|(since, id)| recency(b) > (*since, &**id))
                 {
                     best = Some((b.known_since_ms, b.id.clone()));
                 }

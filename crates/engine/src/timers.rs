@@ -14,6 +14,7 @@
 //! and the old entry, when it comes due, fails the generation check and does nothing (Akka's and
 //! gen_statem's guarantee, for the price of a few bytes until the stale deadline passes).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -206,8 +207,6 @@ fn level_for(elapsed: u64, when: u64) -> usize {
     let significant = 63 - masked.leading_zeros() as usize;
     significant / SLOT_BITS as usize
 }
-
-use std::future::Future;
 
 #[cfg(test)]
 mod tests {

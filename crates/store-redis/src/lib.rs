@@ -121,7 +121,7 @@ impl Default for Cursor {
 }
 
 /// The feed's counters, from `XINFO STREAM`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct FeedInfo {
     /// The newest entry's id (`0-0` for an empty or missing feed).
     last_id: String,
@@ -132,7 +132,8 @@ struct FeedInfo {
 }
 
 impl FeedInfo {
-    fn default_empty() -> FeedInfo {
+    /// A feed not created yet.
+    fn empty() -> FeedInfo {
         FeedInfo {
             last_id: "0-0".into(),
             length: 0,
@@ -347,7 +348,7 @@ impl RedisStore {
             .await;
         let reply = match reply {
             Ok(v) => v,
-            Err(e) if e.to_string().contains("no such key") => return Ok(FeedInfo::default_empty()),
+            Err(e) if e.to_string().contains("no such key") => return Ok(FeedInfo::empty()),
             Err(e) => return Err(self.err(e)),
         };
         let pairs: Vec<(String, Value)> = match reply {

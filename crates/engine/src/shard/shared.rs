@@ -81,10 +81,8 @@ impl Shard {
         let part = self.shared.table.read(self.part);
         let mut consider =
             |b: Option<&Battle>, at_ms: i64, generation: u32, out: &mut Vec<(Arc<str>, Timer)>| {
-                let armed = b.and_then(|b| b.timer.map(|t| (b, t)));
-                if let Some((b, t)) =
-                    armed.filter(|(_, t)| t.at_ms == at_ms && t.generation == generation)
-                {
+                let current = b.and_then(|b| armed(b, at_ms, generation).map(|t| (b, t)));
+                if let Some((b, t)) = current {
                     if seen.insert((b.id.clone(), t.generation)) {
                         out.push((b.id.clone(), t));
                     }
