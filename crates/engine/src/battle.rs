@@ -488,17 +488,24 @@ impl Battle {
 
     /// The public view of this battle at `server_time_ms`.
     pub fn snapshot(&self, server_time_ms: i64) -> BattleSnapshot {
-        BattleSnapshot {
-            battle_id: self.id.clone(),
+        self.view(server_time_ms).to_snapshot()
+    }
+
+    /// [`Battle::snapshot`] borrowed from the record: what a snapshot shows, without copying a
+    /// text. It serializes exactly like the [`BattleSnapshot`] it stands for (the same fields in
+    /// the same order), so the replay ring packs it and unpacks a `BattleSnapshot`.
+    pub(crate) fn view(&self, server_time_ms: i64) -> SnapshotView<'_> {
+        SnapshotView {
+            battle_id: &self.id,
             state: self.state,
             version: self.version,
-            from_room: self.from_room.clone(),
-            to_rooms: self.to_rooms.to_vec(),
-            operator: self.operator().map(Into::into),
+            from_room: self.from_room.as_ref(),
+            to_rooms: &self.to_rooms,
+            operator: self.operator(),
             need_response: self.need_response(),
             timeout_ms: self.timeout_ms.get(),
             duration_ms: self.duration_ms.get(),
-            extension_info: self.extension_info().map(Into::into),
+            extension_info: self.extension_info(),
             created_at_ms: self.created_at_ms.get(),
             response_deadline_ms: self.response_deadline_ms.get(),
             started_at_ms: self.started_at_ms.get(),
@@ -507,18 +514,111 @@ impl Battle {
             end_reason: self.end_reason,
             end_op_type: self.end_op_type.get(),
             next_deadline_ms: self.next_deadline_ms(),
-            participants: self
+            participants: ParticipantRefs(self),
+            server_time_ms,
+        }
+    }
+
+    /// What a snapshot shows of one participant.
+    fn participant_ref<'a>(&'a self, p: &'a Participant) -> ParticipantRef<'a> {
+        ParticipantRef {
+            room_id: &p.room_id,
+            owner_account: self.owner_of(p),
+            score: p.score,
+            response: p.response,
+            left: p.left,
+        }
+    }
+}
+
+/// A [`BattleSnapshot`] borrowed from its [`Battle`] ([`Battle::view`]); field for field the same
+/// serialization.
+#[derive(Serialize)]
+pub(crate) struct SnapshotView<'a> {
+    battle_id: &'a Arc<str>,
+    state: State,
+    version: u64,
+    from_room: Option<&'a Arc<str>>,
+    to_rooms: &'a [Arc<str>],
+    operator: Option<&'a str>,
+    need_response: Option<bool>,
+    timeout_ms: Option<u64>,
+    duration_ms: Option<u64>,
+    extension_info: Option<&'a str>,
+    created_at_ms: Option<i64>,
+    response_deadline_ms: Option<i64>,
+    started_at_ms: Option<i64>,
+    ends_at_ms: Option<i64>,
+    ended_at_ms: Option<i64>,
+    end_reason: Option<EndReason>,
+    end_op_type: Option<i64>,
+    next_deadline_ms: Option<i64>,
+    participants: ParticipantRefs<'a>,
+    server_time_ms: i64,
+}
+
+impl SnapshotView<'_> {
+    /// The owned snapshot.
+    pub(crate) fn to_snapshot(&self) -> BattleSnapshot {
+        let b = self.participants.0;
+        BattleSnapshot {
+            battle_id: self.battle_id.clone(),
+            state: self.state,
+            version: self.version,
+            from_room: self.from_room.cloned(),
+            to_rooms: self.to_rooms.to_vec(),
+            operator: self.operator.map(Into::into),
+            need_response: self.need_response,
+            timeout_ms: self.timeout_ms,
+            duration_ms: self.duration_ms,
+            extension_info: self.extension_info.map(Into::into),
+            created_at_ms: self.created_at_ms,
+            response_deadline_ms: self.response_deadline_ms,
+            started_at_ms: self.started_at_ms,
+            ends_at_ms: self.ends_at_ms,
+            ended_at_ms: self.ended_at_ms,
+            end_reason: self.end_reason,
+            end_op_type: self.end_op_type,
+            next_deadline_ms: self.next_deadline_ms,
+            participants: b
                 .participants
                 .iter()
-                .map(|p| ParticipantView {
-                    room_id: p.room_id.clone(),
-                    owner_account: self.owner_of(p).map(Into::into),
-                    score: p.score,
-                    response: p.response,
-                    left: p.left,
-                })
+                .map(|p| b.participant_ref(p).to_view())
                 .collect(),
-            server_time_ms,
+            server_time_ms: self.server_time_ms,
+        }
+    }
+}
+
+/// A battle's participants as a snapshot shows them (serialized as a sequence of
+/// [`ParticipantView`]s).
+struct ParticipantRefs<'a>(&'a Battle);
+
+impl Serialize for ParticipantRefs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let b = self.0;
+        s.collect_seq(b.participants.iter().map(|p| b.participant_ref(p)))
+    }
+}
+
+/// A [`ParticipantView`] borrowed from its battle; the same serialization.
+#[derive(Serialize)]
+struct ParticipantRef<'a> {
+    room_id: &'a Arc<str>,
+    owner_account: Option<&'a str>,
+    score: i64,
+    response: Option<Response>,
+    left: bool,
+}
+
+impl ParticipantRef<'_> {
+    fn to_view(&self) -> ParticipantView {
+        ParticipantView {
+            room_id: self.room_id.clone(),
+            owner_account: self.owner_account.map(Into::into),
+            score: self.score,
+            response: self.response,
+            left: self.left,
         }
     }
 }

@@ -20,6 +20,11 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::battle::{BattleSnapshot, State};
 use crate::event::Cause;
 
+mod ring;
+
+pub(crate) use ring::Packed;
+use ring::Ring;
+
 /// Where a notification moved a battle: a new state, or `"update"` (same state, fields changed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -193,9 +198,9 @@ pub struct ResumeTooOld {
 
 pub(crate) struct Hub {
     inner: Mutex<HubInner>,
-    /// Someone listens, or listened once (set on the first observer or subscription, or when
-    /// the replay ring is on): until then the shards skip building notifications.
-    audience: std::sync::atomic::AtomicBool,
+    /// Someone listens, or listened once (set on the first observer or subscription): until
+    /// then the shards build no notification, and only pack one for the replay ring if it is on.
+    live: std::sync::atomic::AtomicBool,
     all: broadcast::Sender<Arc<Notification>>,
     by_battle: Arc<Keyed>,
     by_room: Arc<Keyed>,
@@ -212,7 +217,7 @@ struct HubInner {
     /// Numbered but not yet deliverable (an earlier number is still being stored); `None` marks
     /// a number whose batch failed to store, which is skipped.
     waiting: std::collections::BTreeMap<u64, Option<Notification>>,
-    ring: VecDeque<Arc<Notification>>,
+    ring: Ring,
 }
 
 impl Hub {
@@ -223,9 +228,9 @@ impl Hub {
                 last_seq,
                 reserved: last_seq,
                 waiting: std::collections::BTreeMap::new(),
-                ring: VecDeque::new(),
+                ring: Ring::new(ring_capacity),
             }),
-            audience: std::sync::atomic::AtomicBool::new(ring_capacity > 0),
+            live: std::sync::atomic::AtomicBool::new(false),
             all: broadcast::channel(channel_capacity).0,
             by_battle: Arc::default(),
             by_room: Arc::default(),
@@ -235,14 +240,14 @@ impl Hub {
         }
     }
 
-    /// Whether anyone would see a notification (if not, the shard skips building snapshots).
-    pub(crate) fn has_audience(&self) -> bool {
-        self.audience.load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether an observer or a subscription would see a notification (if not, the shard builds
+    /// none: it packs one for the replay ring, or skips it when the ring is off).
+    pub(crate) fn has_live_audience(&self) -> bool {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn gained_audience(&self) {
-        self.audience
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.live.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn last_seq(&self) -> u64 {
@@ -338,14 +343,43 @@ impl Hub {
         for mut n in batch {
             g.reserved += 1;
             n.seq = g.reserved;
-            if g.waiting.is_empty() && n.seq == g.last_seq + 1 {
-                g.last_seq = n.seq;
-                self.deliver_one(&mut g, &Arc::new(n));
+            self.publish_one(&mut g, n);
+        }
+        self.drain(&mut g);
+    }
+
+    /// [`Hub::publish`] for notifications packed for the replay ring alone: numbered and kept
+    /// packed, or built and delivered if someone started listening since they were packed.
+    /// Empties `packed`.
+    pub(crate) fn publish_packed(&self, packed: &mut Packed) {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let live = self.has_live_audience();
+        for bytes in packed.iter() {
+            g.reserved += 1;
+            let seq = g.reserved;
+            if !live && g.waiting.is_empty() && seq == g.last_seq + 1 {
+                g.last_seq = seq;
+                g.ring.push_packed(seq, bytes);
             } else {
-                g.waiting.insert(n.seq, Some(n));
+                match ring::unpack(seq, bytes) {
+                    Some(n) => self.publish_one(&mut g, n),
+                    None => {
+                        g.waiting.insert(seq, None);
+                    }
+                }
             }
         }
         self.drain(&mut g);
+        packed.clear();
+    }
+
+    fn publish_one(&self, g: &mut HubInner, n: Notification) {
+        if g.waiting.is_empty() && n.seq == g.last_seq + 1 {
+            g.last_seq = n.seq;
+            self.deliver_one(g, &Arc::new(n));
+        } else {
+            g.waiting.insert(n.seq, Some(n));
+        }
     }
 
     fn deliver_one(&self, g: &mut HubInner, n: &Arc<Notification>) {
@@ -368,12 +402,7 @@ impl Hub {
                 send_keyed(&self.by_room, r, n);
             }
         }
-        if self.ring_capacity > 0 {
-            if g.ring.len() == self.ring_capacity {
-                g.ring.pop_front();
-            }
-            g.ring.push_back(n.clone());
-        }
+        g.ring.push_shared(n.clone());
     }
 
     /// How many recent notifications are replayable (and so worth storing).
@@ -386,8 +415,11 @@ impl Hub {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         stored.sort_by_key(|n| n.seq);
         let skip = stored.len().saturating_sub(self.ring_capacity);
-        g.ring = stored.into_iter().skip(skip).map(Arc::new).collect();
-        g.last_seq = last_seq.max(g.ring.back().map_or(0, |n| n.seq));
+        g.ring = Ring::new(self.ring_capacity);
+        for n in stored.into_iter().skip(skip) {
+            g.ring.push_shared(Arc::new(n));
+        }
+        g.last_seq = last_seq.max(g.ring.newest_seq().unwrap_or(0));
         g.reserved = g.last_seq;
     }
 
@@ -427,21 +459,16 @@ impl Hub {
             None => g.last_seq,
             Some(after) => {
                 if after < g.last_seq {
-                    let oldest = g.ring.front().map_or(g.last_seq + 1, |n| n.seq);
+                    let oldest = g.ring.oldest_seq().unwrap_or(g.last_seq + 1);
                     if after + 1 < oldest || after > g.last_seq {
                         return Err(ResumeTooOld {
                             oldest_available: if g.ring.is_empty() { 0 } else { oldest },
                         });
                     }
-                    replay.extend(
-                        g.ring
-                            .iter()
-                            .filter(|n| n.seq > after && matches_filter(&filter, n))
-                            .cloned(),
-                    );
+                    replay = g.ring.after(after, |n| matches_filter(&filter, n));
                 } else if after > g.last_seq {
                     return Err(ResumeTooOld {
-                        oldest_available: g.ring.front().map_or(0, |n| n.seq),
+                        oldest_available: g.ring.oldest_seq().unwrap_or(0),
                     });
                 }
                 after

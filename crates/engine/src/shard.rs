@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::engine::{Applied, EngineError, Outcome};
 use crate::event::{Cause, Event};
 use crate::metrics::{Metrics, MetricsDelta};
-use crate::notify::{Hub, Notification, Target};
+use crate::notify::{Hub, Notification, Packed, Target};
 use crate::store::{Store, StoreOp};
 use crate::table::{Part, Slot, Table};
 use crate::timers::TimerQueue;
@@ -99,6 +99,9 @@ pub(crate) struct Shard {
     ops: Vec<StoreOp>,
     op_index: HashMap<Arc<str>, usize, Hasher>,
     notes: Vec<Notification>,
+    /// In memory, with nobody listening but the replay ring: the batch's notifications, packed
+    /// (never built). Empty whenever `notes` is not: one of the two holds the batch's, in order.
+    packed: Packed,
     replies: Vec<Reply>,
     /// After a failed store write: when to try the pending changes again.
     retry_at: Option<tokio::time::Instant>,
@@ -140,6 +143,7 @@ impl Shard {
             ops: Vec::new(),
             op_index: HashMap::default(),
             notes: Vec::new(),
+            packed: Packed::default(),
             replies: Vec::new(),
             retry_at: None,
             writing: None,
@@ -243,7 +247,10 @@ impl Shard {
 
     /// Nothing applied and not yet written or answered.
     fn is_idle(&self) -> bool {
-        self.ops.is_empty() && self.notes.is_empty() && self.replies.is_empty()
+        self.ops.is_empty()
+            && self.notes.is_empty()
+            && self.packed.is_empty()
+            && self.replies.is_empty()
     }
 
     /// Fires every timer already due, earliest first (so one wake-up is one batch).
@@ -379,12 +386,26 @@ impl Shard {
             } else {
                 Target::State(b.state)
             };
-            if !self.shared.hub.has_audience() && !self.shared.store.is_persistent() {
-                return Applied {
-                    outcome,
-                    state: Some(b.state),
-                    version: b.version,
-                };
+            let applied = Applied {
+                outcome,
+                state: Some(b.state),
+                version: b.version,
+            };
+            let hub = &self.shared.hub;
+            if !hub.has_live_audience() && !self.shared.store.is_persistent() {
+                // Only the replay ring would hear it: pack it, or skip it with the ring off.
+                if hub.ring_capacity() == 0
+                    || (self.notes.is_empty()
+                        && self
+                            .packed
+                            .push(before, to, cause, fx.late_ms, &b.view(now)))
+                {
+                    return applied;
+                }
+            }
+            if !self.packed.is_empty() {
+                // Someone started listening: what was packed goes first, built.
+                self.notes.append(&mut self.packed.take_unpacked());
             }
             self.notes.push(Notification {
                 seq: 0,
@@ -520,6 +541,9 @@ impl Shard {
         let shared = self.shared.clone();
         let hub = &shared.hub;
         if !shared.store.is_persistent() {
+            if !self.packed.is_empty() {
+                hub.publish_packed(&mut self.packed);
+            }
             if !self.notes.is_empty() {
                 hub.publish(std::mem::take(&mut self.notes));
             }

@@ -95,6 +95,72 @@ async fn resume_after_a_seq_has_no_gap_and_no_duplicate() {
     assert!(small.subscribe_after(Filter::All, 3).is_ok());
 }
 
+/// Drives the same battles through `e`: webhooks with every field, a score update and timers.
+async fn same_story(e: &livebattle_engine::Engine) {
+    e.apply(create("a", true, T0)).await.unwrap();
+    e.apply(create("b", false, T0)).await.unwrap();
+    at(e, 1_000).await;
+    e.apply(start("a", T0 + 1_000)).await.unwrap();
+    e.apply(end("b", T0, T0 + 2_000, 1)).await.unwrap();
+    // a's end timer fires at T0 + 61 s.
+    at(e, 62_000).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_of_what_nobody_heard_equals_what_a_listener_heard() {
+    // `heard` has an observer from the start: every notification is built and delivered live.
+    // `quiet` has nobody: its ring keeps them packed and builds them on replay.
+    let heard = builder().replay_capacity(100).start().await.unwrap();
+    let rec = Recorder::attach(&heard);
+    let quiet = builder().replay_capacity(100).start().await.unwrap();
+    // Side by side, so that both see the same clock readings.
+    tokio::join!(same_story(&heard), same_story(&quiet));
+    let live = rec.take();
+    assert!(live.len() >= 5, "{live:?}");
+    assert!(live.iter().any(|n| n.cause == Cause::EndTimer));
+    let mut sub = quiet.subscribe_after(Filter::All, 0).unwrap();
+    for want in &live {
+        match sub.next().await.unwrap() {
+            Delivery::Notification(got) => assert_eq!(*got, *want),
+            Delivery::Lagged { missed } => panic!("lagged {missed}"),
+        }
+    }
+    // The same through a battle filter.
+    let mut one = quiet
+        .subscribe_after(Filter::Battle("a".into()), 1)
+        .unwrap();
+    for want in live
+        .iter()
+        .filter(|n| n.seq > 1 && &*n.battle.battle_id == "a")
+    {
+        match one.next().await.unwrap() {
+            Delivery::Notification(got) => assert_eq!(*got, *want),
+            Delivery::Lagged { missed } => panic!("lagged {missed}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_listener_midway_gets_packed_and_built_notifications_in_order() {
+    let e = builder().replay_capacity(100).start().await.unwrap();
+    for i in 0..3 {
+        e.apply(create(&format!("b{i}"), false, T0)).await.unwrap();
+    }
+    let mut live = e.subscribe(Filter::All);
+    for i in 3..5 {
+        e.apply(create(&format!("b{i}"), false, T0)).await.unwrap();
+    }
+    assert_eq!(seq_of(live.next().await.unwrap()), (4, "b3".to_string()));
+    assert_eq!(seq_of(live.next().await.unwrap()), (5, "b4".to_string()));
+    let mut sub = e.subscribe_after(Filter::All, 1).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(seq_of(sub.next().await.unwrap()));
+    }
+    let want: Vec<(u64, String)> = (2..=5).map(|s| (s, format!("b{}", s - 1))).collect();
+    assert_eq!(got, want);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_restart_rebuilds_battles_and_fires_overdue_timers_once_marked_late() {
     let store = MemoryStore::new();
