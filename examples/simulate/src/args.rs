@@ -97,6 +97,10 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     pub max_inflight: usize,
 
+    /// Keep-alive connections to the server (requests are handed to them in turn).
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+
     /// Per-request timeout (ms).
     #[arg(long, default_value_t = 5_000)]
     pub request_timeout_ms: u64,
@@ -153,6 +157,9 @@ impl Args {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be within 0..=1"));
             }
+        }
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".into());
         }
         if self.max_inflight == 0 {
             return Err("--max-inflight must be at least 1".into());

@@ -11,6 +11,7 @@
 //! non-zero on any HTTP error or mismatch, after one `summary:` line.
 
 mod args;
+mod http;
 mod plan;
 mod run;
 mod tencent;

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::args::Args;
+use crate::http::{Client, Target};
 use crate::plan::{self, BattlePlan, Delivery, PlanConfig};
 use crate::tencent;
 
@@ -43,9 +44,13 @@ impl Stats {
 }
 
 struct Shared {
-    client: reqwest::Client,
-    url: String,
-    api_base: String,
+    /// The webhook server's pool, and the path (with any query) webhooks go to.
+    hooks: Client,
+    hook_path: String,
+    /// The query API's pool (the same server unless --api-url names another), and the path
+    /// prefix of its routes.
+    api: Option<Client>,
+    api_prefix: String,
     sdk_app_id: String,
     token: Option<String>,
     verify: bool,
@@ -75,16 +80,10 @@ impl Shared {
 /// verified.
 pub async fn run(args: Args) -> ExitCode {
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
-    let client = match reqwest::Client::builder()
-        .pool_max_idle_per_host(args.max_inflight)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .timeout(Duration::from_millis(args.request_timeout_ms))
-        .build()
-    {
+    let (hooks, hook_path, api, api_prefix) = match clients(&args).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("livebattle-simulate: cannot build the HTTP client: {e}");
+            eprintln!("livebattle-simulate: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -103,9 +102,10 @@ pub async fn run(args: Args) -> ExitCode {
         args.verify,
     );
     let shared = Arc::new(Shared {
-        client,
-        url: args.url.clone(),
-        api_base: args.api_base(),
+        hooks,
+        hook_path,
+        api,
+        api_prefix,
         sdk_app_id: args.sdk_app_id.clone(),
         token: args.token.clone(),
         verify: args.verify,
@@ -170,6 +170,21 @@ pub async fn run(args: Args) -> ExitCode {
     }
 }
 
+/// The connection pools for the webhooks and the query API (one when they share a server).
+async fn clients(args: &Args) -> Result<(Client, String, Option<Client>, String), String> {
+    let timeout = Duration::from_millis(args.request_timeout_ms);
+    let hooks = Target::parse(&args.url)?;
+    let api = Target::parse(&args.api_base())?;
+    let hook_client = Client::new(&hooks.authority, args.connections, timeout).await?;
+    let api_client = if api.authority == hooks.authority {
+        None
+    } else {
+        Some(Client::new(&api.authority, args.connections, timeout).await?)
+    };
+    let api_prefix = api.path.trim_end_matches('/').to_owned();
+    Ok((hook_client, hooks.path, api_client, api_prefix))
+}
+
 /// Sends one battle's webhooks on schedule, then (with `--verify`) checks its final state.
 async fn run_battle(shared: Arc<Shared>, plan: BattlePlan) {
     let plan = Arc::new(plan);
@@ -197,7 +212,7 @@ async fn run_battle(shared: Arc<Shared>, plan: BattlePlan) {
 async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) {
     let _permit = shared.inflight.acquire().await;
     let url = tencent::callback_url(
-        &shared.url,
+        &shared.hook_path,
         &shared.sdk_app_id,
         d.kind.command(),
         &plan.origin,
@@ -209,29 +224,14 @@ async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) {
     let started = Instant::now();
     let copy = if d.duplicate { " (duplicate)" } else { "" };
     let what = || format!("{}{copy} {}", d.kind.command(), plan.id);
-    let response = shared
-        .client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await;
-    let response = match response {
-        Ok(r) => r,
+    let response = shared.hooks.post_json(&url, body.as_bytes()).await;
+    let (status, text) = match response {
+        Ok(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
         Err(e) => return shared.stats.error(format!("{}: {e}", what())),
-    };
-    let status = response.status();
-    let text = match response.text().await {
-        Ok(t) => t,
-        Err(e) => {
-            return shared
-                .stats
-                .error(format!("{}: reading the reply: {e}", what()))
-        }
     };
     let elapsed = started.elapsed();
     let reply: Option<Value> = serde_json::from_str(&text).ok();
-    let ok = status == reqwest::StatusCode::OK
+    let ok = status == 200
         && reply
             .as_ref()
             .is_some_and(|r| r["ActionStatus"] == "OK" && r["ErrorCode"].as_i64() == Some(0));
@@ -253,7 +253,7 @@ async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) {
 async fn verify(shared: &Shared, plan: &BattlePlan) {
     let url = format!(
         "{}/v1/battles/{}",
-        shared.api_base,
+        shared.api_prefix,
         tencent::pct_encode(&plan.id)
     );
     let give_up = Instant::now() + shared.verify_patience;
@@ -300,17 +300,17 @@ async fn verify(shared: &Shared, plan: &BattlePlan) {
 /// One battle as JSON, `None` on 404.
 async fn fetch_battle(shared: &Shared, url: &str) -> Result<Option<Value>, String> {
     let response = shared
-        .client
+        .api
+        .as_ref()
+        .unwrap_or(&shared.hooks)
         .get(url)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    if status == reqwest::StatusCode::NOT_FOUND {
+        .await?;
+    let status = response.status;
+    if status == 404 {
         return Ok(None);
     }
-    let text = response.text().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
+    let text = String::from_utf8_lossy(&response.body);
+    if !(200..300).contains(&status) {
         return Err(format!("HTTP {status}: {}", text.trim()));
     }
     serde_json::from_str(&text)
