@@ -78,10 +78,20 @@ pub struct Delivery {
     pub at_ms: i64,
     /// Which webhook.
     pub kind: Kind,
-    /// The JSON body.
-    pub body: Value,
+    /// The JSON body, rendered once (a battle's plan lives until it settles: at thousands of
+    /// battles per second that is hundreds of thousands of plans, and a `Value` is a tree of
+    /// allocations).
+    pub body: Box<str>,
     /// A second delivery of a webhook already scheduled.
     pub duplicate: bool,
+}
+
+impl Delivery {
+    /// The body as JSON (tests look inside).
+    #[cfg(test)]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("a rendered JSON body")
+    }
 }
 
 /// Deviations from a tidy, in-order, exactly-once delivery.
@@ -201,7 +211,7 @@ pub fn plan(rng: &mut fastrand::Rng, t0_ms: i64, cfg: &PlanConfig) -> BattlePlan
         deliveries.push(Delivery {
             at_ms,
             kind,
-            body: body.clone(),
+            body: body.to_string().into(),
             duplicate: false,
         })
     };
@@ -463,10 +473,11 @@ mod tests {
                 assert!(p.deliveries.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
                 assert!(p.deliveries.iter().all(|d| d.at_ms < p.settle_at_ms));
                 for d in &p.deliveries {
-                    assert_eq!(d.body["CallbackCommand"], d.kind.command());
-                    assert_eq!(d.body["BattleId"], p.id.as_str());
+                    let body = d.json();
+                    assert_eq!(body["CallbackCommand"], d.kind.command());
+                    assert_eq!(body["BattleId"], p.id.as_str());
                     // Never stamped later than it is sent (the server clamps future times).
-                    assert!(d.body["EventTime"].as_i64().unwrap() <= d.at_ms);
+                    assert!(body["EventTime"].as_i64().unwrap() <= d.at_ms);
                 }
             }
         }
@@ -482,7 +493,7 @@ mod tests {
                 &cfg("instant=1,accepted=1,exit=1,not-started=1"),
             );
             for d in &p.deliveries {
-                let b = &d.body;
+                let b = &d.json();
                 let ms = b["EventTime"].as_i64().unwrap();
                 assert!(ms >= T0, "EventTime is ms");
                 match d.kind {
@@ -535,7 +546,7 @@ mod tests {
             assert!(plans.iter().any(|p| p.quirks.contains(&q)), "{}", q.name());
         }
         let numeric = plans.iter().flat_map(|p| &p.deliveries).any(|d| {
-            d.body["FromRoomInfo"]["Owner_Account"]
+            d.json()["FromRoomInfo"]["Owner_Account"]
                 .as_u64()
                 .is_some_and(|n| n > 1 << 53)
         });
@@ -547,7 +558,7 @@ mod tests {
             .unwrap();
         let first = p.deliveries.first().unwrap();
         assert_eq!(first.kind, Kind::Start);
-        assert_eq!(first.body["EventTime"].as_i64(), Some(T0));
+        assert_eq!(first.json()["EventTime"].as_i64(), Some(T0));
     }
 
     #[test]

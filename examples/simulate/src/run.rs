@@ -130,6 +130,12 @@ pub async fn run(args: Args) -> ExitCode {
             *quirks.entry(q.name()).or_default() += 1;
         }
         battles.spawn(run_battle(shared.clone(), plan));
+        // Reap the battles that settled (a finished task stays in the set until joined).
+        while let Some(done) = battles.try_join_next() {
+            if let Err(e) = done {
+                shared.stats.error(format!("a battle task failed: {e}"));
+            }
+        }
     }
     while let Some(done) = battles.join_next().await {
         if let Err(e) = done {
@@ -219,12 +225,11 @@ async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) {
         shared.token.as_deref(),
         shared.wall_ms().div_euclid(1000),
     );
-    let body = d.body.to_string();
     shared.stats.sent.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let copy = if d.duplicate { " (duplicate)" } else { "" };
     let what = || format!("{}{copy} {}", d.kind.command(), plan.id);
-    let response = shared.hooks.post_json(&url, body.as_bytes()).await;
+    let response = shared.hooks.post_json(&url, d.body.as_bytes()).await;
     let (status, text) = match response {
         Ok(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
         Err(e) => return shared.stats.error(format!("{}: {e}", what())),
