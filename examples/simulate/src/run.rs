@@ -30,6 +30,10 @@ struct Stats {
     mismatches: AtomicU64,
     /// Ack latencies, microseconds.
     latencies_us: Mutex<Vec<u64>>,
+    /// How long after its planned instant each webhook was acknowledged, ms (the simulator's
+    /// own lateness, its queueing and the server's): a Start acknowledged after the response
+    /// deadline plus the server's grace rightly loses the battle to `response_timeout`.
+    late_ms: Mutex<Vec<u64>>,
 }
 
 impl Stats {
@@ -151,6 +155,8 @@ pub async fn run(args: Args) -> ExitCode {
             .unwrap_or_else(PoisonError::into_inner),
     );
     lat.sort_unstable();
+    let mut late = std::mem::take(&mut *s.late_ms.lock().unwrap_or_else(PoisonError::into_inner));
+    late.sort_unstable();
     let (sent, acks, errors) = (
         s.sent.load(Ordering::Relaxed),
         s.acks.load(Ordering::Relaxed),
@@ -164,9 +170,13 @@ pub async fn run(args: Args) -> ExitCode {
     println!("quirks: {}", join_counts(&quirks));
     println!(
         "summary: battles={count} sent={sent} acks={acks} errors={errors} verified={verified} \
-         mismatches={mismatches} ack_p50_ms={:.2} ack_p99_ms={:.2} elapsed_s={:.1}",
+         mismatches={mismatches} ack_p50_ms={:.2} ack_p99_ms={:.2} late_p50_ms={} late_p99_ms={} \
+         late_max_ms={} elapsed_s={:.1}",
         percentile_ms(&lat, 0.50),
         percentile_ms(&lat, 0.99),
+        percentile_ms(&late, 0.50) * 1000.0,
+        percentile_ms(&late, 0.99) * 1000.0,
+        late.last().copied().unwrap_or(0),
         shared.origin.elapsed().as_secs_f64(),
     );
     if errors > 0 || mismatches > 0 || acks != sent {
@@ -200,22 +210,25 @@ async fn run_battle(shared: Arc<Shared>, plan: BattlePlan) {
         sends.spawn(async move {
             let d = &plan.deliveries[i];
             tokio::time::sleep_until(shared.instant_of(d.at_ms)).await;
-            deliver(&shared, &plan, d).await;
+            deliver(&shared, &plan, d).await
         });
     }
+    let mut latest = 0;
     while let Some(done) = sends.join_next().await {
-        if let Err(e) = done {
-            shared.stats.error(format!("a delivery task failed: {e}"));
+        match done {
+            Ok(late_ms) => latest = latest.max(late_ms.unwrap_or(0)),
+            Err(e) => shared.stats.error(format!("a delivery task failed: {e}")),
         }
     }
     if shared.verify {
         tokio::time::sleep_until(shared.instant_of(plan.settle_at_ms)).await;
-        verify(&shared, &plan).await;
+        verify(&shared, &plan, latest).await;
     }
 }
 
-/// POSTs one webhook and checks Tencent's reply shape.
-async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) {
+/// POSTs one webhook and checks Tencent's reply shape; once acknowledged, how long after its
+/// planned instant (ms).
+async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) -> Option<u64> {
     let _permit = shared.inflight.acquire().await;
     let url = tencent::callback_url(
         &shared.hook_path,
@@ -232,7 +245,10 @@ async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) {
     let response = shared.hooks.post_json(&url, d.body.as_bytes()).await;
     let (status, text) = match response {
         Ok(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
-        Err(e) => return shared.stats.error(format!("{}: {e}", what())),
+        Err(e) => {
+            shared.stats.error(format!("{}: {e}", what()));
+            return None;
+        }
     };
     let elapsed = started.elapsed();
     let reply: Option<Value> = serde_json::from_str(&text).ok();
@@ -241,9 +257,10 @@ async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) {
             .as_ref()
             .is_some_and(|r| r["ActionStatus"] == "OK" && r["ErrorCode"].as_i64() == Some(0));
     if !ok {
-        return shared
+        shared
             .stats
             .error(format!("{}: HTTP {status}: {}", what(), text.trim()));
+        return None;
     }
     shared.stats.acks.fetch_add(1, Ordering::Relaxed);
     shared
@@ -252,10 +269,19 @@ async fn deliver(shared: &Shared, plan: &BattlePlan, d: &Delivery) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .push(elapsed.as_micros() as u64);
+    let late_ms = shared.wall_ms().saturating_sub(d.at_ms).max(0) as u64;
+    shared
+        .stats
+        .late_ms
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(late_ms);
+    Some(late_ms)
 }
 
 /// Polls `GET /v1/battles/{id}` until the battle shows the expected end, or patience runs out.
-async fn verify(shared: &Shared, plan: &BattlePlan) {
+/// `latest_ms`: the battle's most late delivery (reported with a mismatch).
+async fn verify(shared: &Shared, plan: &BattlePlan, latest_ms: u64) {
     let url = format!(
         "{}/v1/battles/{}",
         shared.api_prefix,
@@ -294,7 +320,8 @@ async fn verify(shared: &Shared, plan: &BattlePlan) {
     };
     shared.stats.mismatches.fetch_add(1, Ordering::Relaxed);
     eprintln!(
-        "MISMATCH {} scenario={} quirks=[{}]: expected state=ended end_reason={}, got {seen}",
+        "MISMATCH {} scenario={} quirks=[{}]: expected state=ended end_reason={}, got {seen} \
+         (its latest webhook was acknowledged {latest_ms} ms after its planned instant)",
         plan.id,
         plan.scenario.name(),
         quirk_names(plan),
