@@ -376,6 +376,11 @@ impl Shard {
         if fx.dirty && self.shared.store.is_persistent() {
             self.put(b, before_version);
         }
+        let applied = Applied {
+            outcome,
+            state: Some(b.state),
+            version: b.version,
+        };
         if fx.change.notifies() {
             self.delta.change(cause);
             if before != Some(b.state) {
@@ -385,11 +390,6 @@ impl Shard {
                 Target::Update
             } else {
                 Target::State(b.state)
-            };
-            let applied = Applied {
-                outcome,
-                state: Some(b.state),
-                version: b.version,
             };
             let hub = &self.shared.hub;
             if !hub.has_live_audience() && !self.shared.store.is_persistent() {
@@ -416,11 +416,7 @@ impl Shard {
                 battle: b.snapshot(now),
             });
         }
-        Applied {
-            outcome,
-            state: Some(b.state),
-            version: b.version,
-        }
+        applied
     }
 
     fn put(&mut self, b: &Battle, before_version: Option<u64>) {
