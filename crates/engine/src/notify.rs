@@ -352,9 +352,12 @@ impl Hub {
     /// packed, or built and delivered if someone started listening since they were packed.
     /// Empties `packed`.
     pub(crate) fn publish_packed(&self, packed: &mut Packed) {
+        // Taken first, so that a panicking observer cannot leave them to be published again
+        // under new numbers; the buffers come back (emptied) for the next batch.
+        let mut taken = std::mem::take(packed);
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let live = self.has_live_audience();
-        for bytes in packed.iter() {
+        for bytes in taken.iter() {
             g.reserved += 1;
             let seq = g.reserved;
             if !live && g.waiting.is_empty() && seq == g.last_seq + 1 {
@@ -370,7 +373,9 @@ impl Hub {
             }
         }
         self.drain(&mut g);
-        packed.clear();
+        drop(g);
+        taken.clear();
+        *packed = taken;
     }
 
     fn publish_one(&self, g: &mut HubInner, n: Notification) {
