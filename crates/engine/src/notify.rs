@@ -419,9 +419,8 @@ impl Hub {
     pub(crate) fn restore(&self, mut stored: Vec<Notification>, last_seq: u64) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         stored.sort_by_key(|n| n.seq);
-        let skip = stored.len().saturating_sub(self.ring_capacity);
         g.ring = Ring::new(self.ring_capacity);
-        for n in stored.into_iter().skip(skip) {
+        for n in stored {
             g.ring.push_shared(Arc::new(n));
         }
         g.last_seq = last_seq.max(g.ring.newest_seq().unwrap_or(0));

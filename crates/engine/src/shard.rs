@@ -459,7 +459,7 @@ impl Shard {
         let before_state = b.state;
         let before_version = b.version;
         let fx = apply_timer(b, timer, now, &self.shared.rules);
-        let late = u64::try_from(now.saturating_sub(timer.at_ms)).unwrap_or(0);
+        let late = crate::transition::late_by(timer, now);
         match fx.change {
             Change::Evict => {
                 self.delta.timer_fired(late);

@@ -213,6 +213,11 @@ fn step(
     Ok(fx)
 }
 
+/// How late `timer` fires at `now_ms` (0 when on time or early).
+pub(crate) fn late_by(timer: Timer, now_ms: i64) -> u64 {
+    u64::try_from(now_ms.saturating_sub(timer.at_ms)).unwrap_or(0)
+}
+
 /// A timer fired. `timer` is what the shell had armed; a stale one (another generation, or a
 /// kind the battle no longer wants) changes nothing.
 pub fn apply_timer(b: &mut Battle, timer: Timer, now_ms: i64, rules: &Rules) -> Effects {
@@ -220,7 +225,7 @@ pub fn apply_timer(b: &mut Battle, timer: Timer, now_ms: i64, rules: &Rules) -> 
         return Effects::of(Change::None);
     }
     let before = b.state;
-    let late_ms = u64::try_from(now_ms.saturating_sub(timer.at_ms)).unwrap_or(0);
+    let late_ms = late_by(timer, now_ms);
     let at = timer.at_ms;
     match (timer.kind, b.state) {
         (TimerKind::PendingExpiry, State::Pending) => end(b, EndReason::NotStarted, at),

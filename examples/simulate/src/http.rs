@@ -188,13 +188,10 @@ async fn exchange(
 }
 
 async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
-    let mut chunk = [0u8; 8192];
-    match s.read(&mut chunk).await {
+    buf.reserve(8192);
+    match s.read_buf(buf).await {
         Ok(0) => Err("the server closed the connection".into()),
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         Err(e) => Err(format!("read: {e}")),
     }
 }

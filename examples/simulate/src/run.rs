@@ -174,8 +174,8 @@ pub async fn run(args: Args) -> ExitCode {
          late_max_ms={} elapsed_s={:.1}",
         percentile_ms(&lat, 0.50),
         percentile_ms(&lat, 0.99),
-        percentile_ms(&late, 0.50) * 1000.0,
-        percentile_ms(&late, 0.99) * 1000.0,
+        nearest_rank(&late, 0.50),
+        nearest_rank(&late, 0.99),
         late.last().copied().unwrap_or(0),
         shared.origin.elapsed().as_secs_f64(),
     );
@@ -371,11 +371,16 @@ fn join_counts(counts: &BTreeMap<&'static str, u64>) -> String {
 
 /// Nearest-rank percentile of sorted microsecond samples, in ms.
 fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return 0.0;
+    nearest_rank(sorted_us, p) as f64 / 1000.0
+}
+
+/// Nearest-rank percentile of sorted samples (0 when there are none).
+fn nearest_rank(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
     }
-    let rank = ((p * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
-    sorted_us[rank - 1] as f64 / 1000.0
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 fn unix_ms() -> i64 {
