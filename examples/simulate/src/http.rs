@@ -35,16 +35,21 @@ impl Target {
         let rest = url
             .strip_prefix("http://")
             .ok_or_else(|| format!("{url:?}: only http:// URLs are supported"))?;
-        let (authority, path) = match rest.find('/') {
+        let (authority, path) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+            None => (rest, ""),
         };
         if authority.is_empty() {
             return Err(format!("{url:?}: no host"));
         }
+        let path = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
         Ok(Target {
             authority: authority.to_owned(),
-            path: path.to_owned(),
+            path,
         })
     }
 }
@@ -247,6 +252,8 @@ mod tests {
         );
         let t = Target::parse("http://example").unwrap();
         assert_eq!((t.authority.as_str(), t.path.as_str()), ("example", "/"));
+        let t = Target::parse("http://h:1?x=1").unwrap();
+        assert_eq!((t.authority.as_str(), t.path.as_str()), ("h:1", "/?x=1"));
         assert!(Target::parse("https://example/").is_err());
         assert!(Target::parse("http:///x").is_err());
     }
