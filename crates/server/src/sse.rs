@@ -9,18 +9,23 @@
 //! * A subscriber that fell behind (`Delivery::Lagged`) gets a fresh snapshot
 //!   (`reason: "lagged"`) and continues from there.
 //!
-//! Keep-alive comments go out every `sse_keep_alive` (15 s by default); streams end when the
-//! server shuts down.
+//! A keep-alive comment (`: keep-alive`) goes out every `sse_keep_alive` (15 s by default),
+//! whether or not events went out in between; streams end when the server shuts down.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
 use livebattle_engine::{
     BattleSnapshot, Delivery, Engine, Filter, Notification, State as BattleState, Subscription,
 };
@@ -82,68 +87,81 @@ enum Item {
 }
 
 impl Item {
-    fn into_event(self) -> Option<Event> {
-        let (name, seq, data) = match &self {
-            Item::Snapshot(s) => (
-                SNAPSHOT_EVENT,
-                s.seq,
-                serde_json::to_string(s).map(Into::into),
-            ),
-            Item::Battle(n) => (BATTLE_EVENT, n.seq, serialized(n)),
+    /// The event's bytes on the wire (`event`, `id` and one `data` line: compact JSON has no
+    /// line break); a notification's are rendered once for every stream that sends it.
+    fn into_frame(self) -> Option<Bytes> {
+        let frame = match &self {
+            Item::Snapshot(s) => {
+                serde_json::to_string(s).map(|json| frame(SNAPSHOT_EVENT, s.seq, &json))
+            }
+            Item::Battle(n) => rendered(n),
         };
-        match data {
-            Ok(data) => Some(
-                Event::default()
-                    .event(name)
-                    .id(seq.to_string())
-                    .data(&*data),
-            ),
+        match frame {
+            Ok(frame) => Some(frame),
             Err(e) => {
-                tracing::error!(seq, error = %e, "could not serialise an SSE event");
+                tracing::error!(error = %e, "could not serialise an SSE event");
                 None
             }
         }
     }
 }
 
-/// How many recent notifications keep their JSON for the streams that have yet to send them.
-const SERIALIZED_SLOTS: usize = 256;
-
-/// The JSON of recent notifications, by `seq % SERIALIZED_SLOTS`: every stream that sends a
-/// notification (10,000 subscribers of one battle all send the same one) shares one
-/// serialization. A slot holds the notification weakly and matches by identity, so streams of
-/// different engines in one process never share an entry, and a freed notification misses.
-struct SerializedCache {
-    slots: Vec<std::sync::Mutex<Option<Serialized>>>,
+/// One SSE event: `event: {name}\nid: {seq}\ndata: {json}\n\n`.
+fn frame(name: &str, seq: u64, json: &str) -> Bytes {
+    let mut out = Vec::with_capacity(name.len() + json.len() + 40);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\nid: ");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
-/// A notification (held weakly) and its JSON.
-type Serialized = (std::sync::Weak<Notification>, Arc<str>);
+/// The keep-alive comment.
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
-fn serialized_cache() -> &'static SerializedCache {
-    static CACHE: std::sync::OnceLock<SerializedCache> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| SerializedCache {
-        slots: (0..SERIALIZED_SLOTS)
+/// How many recent notifications keep their rendered event for the streams that have yet to
+/// send them.
+const RENDERED_SLOTS: usize = 256;
+
+/// The rendered events of recent notifications, by `seq % RENDERED_SLOTS`: every stream that
+/// sends a notification (10,000 subscribers of one battle all send the same one) shares one
+/// serialization and one buffer (each stream hands the connection a reference to it). A slot
+/// holds the notification weakly and matches by identity, so streams of different engines in
+/// one process never share an entry, and a freed notification misses.
+struct RenderedCache {
+    slots: Vec<std::sync::Mutex<Option<Rendered>>>,
+}
+
+/// A notification (held weakly) and its event.
+type Rendered = (std::sync::Weak<Notification>, Bytes);
+
+fn rendered_cache() -> &'static RenderedCache {
+    static CACHE: std::sync::OnceLock<RenderedCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| RenderedCache {
+        slots: (0..RENDERED_SLOTS)
             .map(|_| std::sync::Mutex::new(None))
             .collect(),
     })
 }
 
-/// `n` as JSON, serialized once for every stream that sends it.
-fn serialized(n: &Arc<Notification>) -> Result<Arc<str>, serde_json::Error> {
-    let slot = &serialized_cache().slots[(n.seq % SERIALIZED_SLOTS as u64) as usize];
+/// `n` as a `battle` event, rendered once for every stream that sends it.
+fn rendered(n: &Arc<Notification>) -> Result<Bytes, serde_json::Error> {
+    let slot = &rendered_cache().slots[(n.seq % RENDERED_SLOTS as u64) as usize];
     if let Ok(guard) = slot.lock() {
-        if let Some((weak, json)) = &*guard {
+        if let Some((weak, event)) = &*guard {
             if std::ptr::eq(weak.as_ptr(), Arc::as_ptr(n)) && weak.strong_count() > 0 {
-                return Ok(json.clone());
+                return Ok(event.clone());
             }
         }
     }
-    let json: Arc<str> = serde_json::to_string(&**n)?.into();
+    let event = frame(BATTLE_EVENT, n.seq, &serde_json::to_string(&**n)?);
     if let Ok(mut guard) = slot.lock() {
-        *guard = Some((Arc::downgrade(n), json.clone()));
+        *guard = Some((Arc::downgrade(n), event.clone()));
     }
-    Ok(json)
+    Ok(event)
 }
 
 /// Counts open SSE streams (the `livebattle_sse_streams` gauge).
@@ -188,30 +206,71 @@ struct Feed {
 
 impl Feed {
     /// The next item: the first snapshot, then notifications not yet covered, with a fresh
-    /// snapshot after a lag; `None` at shutdown.
-    async fn next_item(&mut self) -> Option<Item> {
+    /// snapshot after a lag; `None` at shutdown or when the engine is gone.
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         if let Some(first) = self.first.take() {
-            return Some(Item::Snapshot(first));
+            return Poll::Ready(Some(Item::Snapshot(first)));
+        }
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
         }
         loop {
-            let delivery = tokio::select! {
-                biased;
-                () = &mut self.shutdown => return None,
-                d = self.subscription.next() => d?,
+            let delivery = match Pin::new(&mut self.subscription).poll_next(cx) {
+                Poll::Ready(Some(d)) => d,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             };
             match delivery {
                 Delivery::Notification(n) if n.seq <= self.covered => continue,
                 Delivery::Notification(n) => {
                     self.covered = n.seq;
-                    return Some(Item::Battle(n));
+                    return Poll::Ready(Some(Item::Battle(n)));
                 }
                 Delivery::Lagged { missed } => {
                     tracing::debug!(missed, "SSE subscriber lagged; sending a fresh snapshot");
                     let fresh = snapshot(&self.engine, &self.filter, "lagged");
                     self.covered = fresh.seq;
-                    return Some(Item::Snapshot(fresh));
+                    return Poll::Ready(Some(Item::Snapshot(fresh)));
                 }
             }
+        }
+    }
+
+    #[cfg(test)]
+    async fn next_item(&mut self) -> Option<Item> {
+        std::future::poll_fn(|cx| self.poll_item(cx)).await
+    }
+}
+
+/// An SSE response body: the feed's events, and a keep-alive comment every interval.
+///
+/// A hand-written stream rather than axum's `Sse`: with 10,000 streams on one battle, each
+/// notification is one shared buffer per stream (no per-stream event building), and the
+/// keep-alive is a plain interval (no timer reset per event).
+struct Events {
+    feed: Feed,
+    keep_alive: tokio::time::Interval,
+}
+
+impl Stream for Events {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.feed.poll_item(cx) {
+                Poll::Ready(Some(item)) => {
+                    if let Some(frame) = item.into_frame() {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        match this.keep_alive.poll_tick(cx) {
+            Poll::Ready(_) => Poll::Ready(Some(Ok(Bytes::from_static(KEEP_ALIVE)))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -249,26 +308,27 @@ fn open(state: &AppState, filter: Filter, headers: &HeaderMap) -> Response {
         shutdown: Box::pin(state.shutdown_signal()),
         _open: Open::new(state.sse_streams()),
     };
-    let stream = futures_util::stream::unfold(feed, next);
-    let sse = Sse::new(stream).keep_alive(
-        KeepAlive::new()
-            .interval(state.sse_keep_alive())
-            .text("keep-alive"),
-    );
-    let mut response = sse.into_response();
-    response.headers_mut().insert(
-        HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
-    response
+    let body = Body::from_stream(Events {
+        feed,
+        keep_alive: keep_alive(state.sse_keep_alive()),
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
-async fn next(mut feed: Feed) -> Option<(Result<Event, Infallible>, Feed)> {
-    loop {
-        if let Some(event) = feed.next_item().await?.into_event() {
-            return Some((Ok(event), feed));
-        }
-    }
+/// Ticks every `every`, the first time one `every` from now (an interval's first tick is
+/// otherwise immediate).
+fn keep_alive(every: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
 }
 
 /// A snapshot for `filter`. The seq is read before the battles, so the battles include every
@@ -311,8 +371,7 @@ fn snapshot(engine: &Engine, filter: &Filter, reason: &'static str) -> Snapshot 
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
+    use futures_util::StreamExt;
     use livebattle_engine::{Created, Event as EngineEvent};
 
     use super::*;
@@ -382,7 +441,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn streams_share_one_serialization_per_notification_and_never_across_engines() {
+    async fn streams_share_one_rendered_event_per_notification_and_never_across_engines() {
         let (one, two) = (
             Engine::builder().start().await.unwrap(),
             Engine::builder().start().await.unwrap(),
@@ -390,17 +449,51 @@ mod tests {
         let n1 = first_notification(&one, "engine-one").await;
         let n2 = first_notification(&two, "engine-two").await;
         assert_eq!(n1.seq, n2.seq, "same seq, different notifications");
-        let (a, b) = (serialized(&n1).unwrap(), serialized(&n1).unwrap());
-        assert!(
-            Arc::ptr_eq(&a, &b),
-            "the second stream reuses the first one's JSON"
+        let (a, b) = (rendered(&n1).unwrap(), rendered(&n1).unwrap());
+        assert_eq!(
+            a.as_ptr(),
+            b.as_ptr(),
+            "the second stream reuses the first one's buffer"
         );
-        assert_eq!(*a, serde_json::to_string(&*n1).unwrap());
-        let c = serialized(&n2).unwrap();
+        let json = serde_json::to_string(&*n1).unwrap();
+        assert_eq!(
+            &a[..],
+            format!("event: battle\nid: {}\ndata: {json}\n\n", n1.seq).as_bytes()
+        );
+        let c = String::from_utf8(rendered(&n2).unwrap().to_vec()).unwrap();
         assert!(c.contains("engine-two") && !c.contains("engine-one"));
-        assert!(serialized(&n1).unwrap().contains("engine-one"));
+        assert!(String::from_utf8_lossy(&rendered(&n1).unwrap()).contains("engine-one"));
         one.shutdown().await;
         two.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_goes_out_every_interval_busy_or_idle() {
+        let engine = Engine::builder().start().await.unwrap();
+        let every = Duration::from_secs(15);
+        let start = tokio::time::Instant::now();
+        let mut events = Events {
+            feed: feed(&engine, None, 0),
+            keep_alive: keep_alive(every),
+        };
+        let next = tokio::time::timeout(every - Duration::from_millis(1), events.next()).await;
+        assert!(next.is_err(), "nothing before the first interval: {next:?}");
+        let first = events.next().await.unwrap().unwrap();
+        assert_eq!((&first[..], start.elapsed()), (KEEP_ALIVE, every));
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        engine.apply(created("busy")).await.unwrap();
+        let event = events.next().await.unwrap().unwrap();
+        assert!(
+            event.starts_with(b"event: battle\nid: 1\ndata: {"),
+            "{event:?}"
+        );
+        let at = every + Duration::from_secs(5);
+        assert_eq!(start.elapsed(), at, "events go out at once");
+        // The interval runs on: no restart after an event.
+        let second = events.next().await.unwrap().unwrap();
+        assert_eq!((&second[..], start.elapsed()), (KEEP_ALIVE, 2 * every));
+        engine.shutdown().await;
     }
 
     #[tokio::test]
