@@ -23,32 +23,37 @@
 //!   the battles stay. Clients bind to source addresses 127.0.0.2–127.0.0.9 in turn, so the
 //!   sockets that waves leave in TIME_WAIT never exhaust one address's ephemeral ports.
 //!
-//! Negative figures mean the event arrived before the ack did (the server publishes before it
-//! replies). Exits non-zero only if a subscriber missed an event; targets are printed.
+//! * **The floor**, after part one and in the same run: the same subscribers on a raw SSE server
+//!   (`fanout/floor.rs`: no engine, no HTTP library, one blocking `write` of a ready chunk per
+//!   subscriber from two threads), events of the size livebattle's were, the same number of
+//!   changes. What loopback TCP alone costs on this machine; livebattle's figures are printed
+//!   against it.
+//!
+//! The subscribers' sockets are read by one thread with epoll (`common/reader.rs`), so that the
+//! load generator's share of the two cores stays small. Negative figures mean the event arrived
+//! before the ack did (the server publishes before it replies). Exits non-zero only if a
+//! subscriber missed an event; targets are printed.
 
 mod common;
+#[path = "fanout/floor.rs"]
+mod floor;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::reader::Reader;
 use common::*;
 use tokio::sync::mpsc;
 
-/// Opens `count` SSE clients on `path_of(i)` (at most `parallel` connecting at once), each
-/// reading its snapshot and then `expect` battle events, sending `(i, k, receipt)` for each.
-/// Returns once all are subscribed (snapshot read).
+/// Opens `count` SSE clients on `path_of(i)` (at most 512 connecting at once), each reading its
+/// snapshot; returns those that did, numbered.
 async fn subscribe_all(
     addr: SocketAddr,
     count: usize,
-    expect: usize,
     sources: &[IpAddr],
     path_of: impl Fn(usize) -> String,
-    tx: mpsc::UnboundedSender<(usize, usize, Instant)>,
-) -> (usize, Vec<tokio::task::JoinHandle<()>>) {
-    let ready = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
+) -> Vec<(usize, SseClient)> {
     let mut tasks = Vec::with_capacity(count);
     let parallel = Arc::new(tokio::sync::Semaphore::new(512));
     let started = Instant::now();
@@ -59,16 +64,16 @@ async fn subscribe_all(
         } else {
             Some(sources[i % sources.len()])
         };
-        let (ready, failed, tx, parallel) =
-            (ready.clone(), failed.clone(), tx.clone(), parallel.clone());
+        let parallel = parallel.clone();
         tasks.push(tokio::spawn(async move {
-            let permit = parallel.acquire_owned().await;
-            let mut client = None;
+            let _permit = parallel.acquire_owned().await;
             for attempt in 0..5 {
                 match SseClient::connect(addr, source, &path).await {
-                    Ok(c) => {
-                        client = Some(c);
-                        break;
+                    Ok(mut client) => {
+                        return match client.next().await {
+                            Some(e) if e.name == "snapshot" => Some((i, client)),
+                            _ => None,
+                        }
                     }
                     Err(e) => {
                         if attempt == 4 {
@@ -78,66 +83,45 @@ async fn subscribe_all(
                     }
                 }
             }
-            let Some(mut client) = client else {
-                failed.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            match client.next().await {
-                Some(e) if e.name == "snapshot" => {}
-                _ => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-            drop(permit);
-            ready.fetch_add(1, Ordering::Relaxed);
-            let mut k = 0;
-            while k < expect {
-                match client.next().await {
-                    Some(e) if e.name == "battle" => {
-                        let _ = tx.send((i, k, e.at));
-                        k += 1;
-                    }
-                    Some(_) => {} // a lagged snapshot: not expected here
-                    None => break,
-                }
-            }
-            // Stay connected until the bench aborts the task: a subscriber that hung up at once
-            // would make the server and this process tear down its connection while the others
-            // are still receiving.
-            std::future::pending::<()>().await;
+            None
         }));
-        if i % 5_000 == 4_999 {
-            tokio::task::yield_now().await;
-        }
     }
-    loop {
-        let done = ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
-        if done >= count {
-            break;
+    let mut clients = Vec::with_capacity(count);
+    for t in tasks {
+        if let Ok(Some(c)) = t.await {
+            clients.push(c);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
         "  {} subscribers ready in {:.1} s ({} failed)",
-        ready.load(Ordering::Relaxed),
+        clients.len(),
         started.elapsed().as_secs_f64(),
-        failed.load(Ordering::Relaxed)
+        count - clients.len()
     );
-    (ready.load(Ordering::Relaxed), tasks)
+    clients
 }
 
-fn summary(label: &str, lat_us: &mut [i64]) {
+/// `at - since` in µs, negative when `at` came first.
+fn micros_after(at: Instant, since: Instant) -> i64 {
+    if at >= since {
+        (at - since).as_micros() as i64
+    } else {
+        -((since - at).as_micros() as i64)
+    }
+}
+
+fn summary(label: &str, lat_us: &mut [i64]) -> f64 {
     lat_us.sort_unstable();
+    let p99 = pct(lat_us, 0.99) as f64 / 1000.0;
     println!(
-        "  {label}: {} samples, ack -> receipt p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, min {:.2} ms (target p99 <= 50 ms)",
+        "  {label}: {} samples, ack -> receipt p50 {:.2} ms, p99 {p99:.2} ms, p99.9 {:.2} ms, max {:.2} ms, min {:.2} ms (target p99 <= 50 ms)",
         lat_us.len(),
         pct(lat_us, 0.50) as f64 / 1000.0,
-        pct(lat_us, 0.99) as f64 / 1000.0,
         pct(lat_us, 0.999) as f64 / 1000.0,
         pct(lat_us, 1.0) as f64 / 1000.0,
         pct(lat_us, 0.0) as f64 / 1000.0,
     );
+    p99
 }
 
 fn signed_post(
@@ -151,64 +135,53 @@ fn signed_post(
         .body(body)
 }
 
-/// Part one: `subs` subscribers on one battle.
-async fn one_battle(server: &Server, subs: usize, rounds: usize) -> bool {
-    let addr = server.addr;
-    let id = "fan-1";
-    let changes = 3 + rounds;
-    println!("one battle, {subs} subscribers, {changes} changes (Create, Start, {rounds} score updates, End):");
-    let rss0 = server.rss();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let sources: Vec<IpAddr> = (2..=9)
-        .map(|d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)))
-        .collect();
-    let (ready, tasks) = subscribe_all(
-        addr,
-        subs,
-        changes,
-        &sources,
-        |_| format!("/v1/battles/{id}/events"),
-        tx,
-    )
-    .await;
-    let rss1 = server.rss();
-    println!(
-        "  server VmRSS {:.1} -> {:.1} MiB with the subscribers ({:.1} KiB per subscriber)",
-        rss0 as f64 / 1048576.0,
-        rss1 as f64 / 1048576.0,
-        rss1.saturating_sub(rss0) as f64 / 1024.0 / subs.max(1) as f64
-    );
-    let client = reqwest::Client::new();
-    let t = now_ms();
-    let (cs, ss) = (t / 1000, t / 1000);
+/// One change of part one: what it is, whether it is a webhook (else an admin score update), and
+/// its request.
+type Change = (&'static str, bool, reqwest::RequestBuilder);
+
+/// livebattle's change `k` of `changes` to battle `id`: Create, Start, score updates, End.
+fn livebattle_change(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    id: &str,
+    k: usize,
+    changes: usize,
+) -> Change {
+    let (cs, ss) = (now_ms() / 1000, now_ms() / 1000);
     let rooms_start = format!(
         r#""FromRoomInfo":{{"RoomId":"a-{id}","Owner_Account":"x"}},"ToRoomList":[{{"RoomId":"b-{id}","Owner_Account":"y"}}]"#
     );
-    let mut webhook_lat = Vec::new();
-    let mut admin_lat = Vec::new();
-    let mut ok = true;
-    let (server_cpu0, my_cpu0) = (cpu_s(server.pid), cpu_s(std::process::id()));
-    for k in 0..changes {
-        let request = if k == 0 {
+    if k == 0 {
+        (
+            "Create webhook",
+            true,
             signed_post(
-                &client,
+                client,
                 addr,
                 CREATE,
                 create_body(id, now_ms(), 600_000, true),
-            )
-        } else if k == 1 {
+            ),
+        )
+    } else if k == 1 {
+        (
+            "Start webhook",
+            true,
             signed_post(
-                &client,
+                client,
                 addr,
                 START,
                 format!(
                     r#"{{"CallbackCommand":"{START}","BattleId":"{id}","Duration":600000,"CreateTime":{cs},"StartTime":{ss},{rooms_start},"EventTime":{}}}"#,
                     now_ms()
                 ),
-            )
-        } else if k == changes - 1 {
+            ),
+        )
+    } else if k == changes - 1 {
+        (
+            "End webhook",
+            true,
             signed_post(
-                &client,
+                client,
                 addr,
                 END,
                 format!(
@@ -216,8 +189,12 @@ async fn one_battle(server: &Server, subs: usize, rounds: usize) -> bool {
                     now_ms() / 1000,
                     now_ms()
                 ),
-            )
-        } else {
+            ),
+        )
+    } else {
+        (
+            "admin scores",
+            false,
             client
                 .post(format!("http://{addr}/v1/battles/{id}/scores"))
                 .bearer_auth(ADMIN_TOKEN)
@@ -225,8 +202,61 @@ async fn one_battle(server: &Server, subs: usize, rounds: usize) -> bool {
                 .body(format!(
                     r#"{{"scores":[{{"room_id":"a-{id}","score":{k}}},{{"room_id":"b-{id}","score":{}}}]}}"#,
                     2 * k
-                ))
-        };
+                )),
+        )
+    }
+}
+
+/// What part one (or its floor) measured.
+struct OneBattle {
+    ok: bool,
+    /// p99 of every change, ms.
+    p99_ms: f64,
+    /// Bytes per received event on the wire (chunk framing included).
+    event_bytes: usize,
+}
+
+/// Part one: `subs` subscribers on `path` of `server`; change `k` of `changes` made by
+/// `change(k)`, the next once every subscriber received the previous one.
+async fn one_battle(
+    server: &Server,
+    subs: usize,
+    changes: usize,
+    path: &str,
+    change: impl Fn(usize) -> Change,
+) -> OneBattle {
+    let rss0 = server.rss();
+    let sources: Vec<IpAddr> = (2..=9)
+        .map(|d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)))
+        .collect();
+    let clients = subscribe_all(server.addr, subs, &sources, |_| path.to_owned()).await;
+    let ready = clients.len();
+    let rss1 = server.rss();
+    println!(
+        "  server VmRSS {:.1} -> {:.1} MiB with the subscribers ({:.1} KiB per subscriber)",
+        rss0 as f64 / 1048576.0,
+        rss1 as f64 / 1048576.0,
+        rss1.saturating_sub(rss0) as f64 / 1024.0 / subs.max(1) as f64
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reader = match Reader::spawn(clients, tx) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("the subscribers' reader: {e}");
+            return OneBattle {
+                ok: false,
+                p99_ms: f64::NAN,
+                event_bytes: 0,
+            };
+        }
+    };
+    let mut webhook_lat = Vec::new();
+    let mut admin_lat = Vec::new();
+    let (mut bytes, mut reads) = (0usize, 0usize);
+    let mut ok = true;
+    let (server_cpu0, my_cpu0) = (cpu_s(server.pid), cpu_s(std::process::id()));
+    for k in 0..changes {
+        let (label, webhook, request) = change(k);
         let reply = request.send().await;
         let acked = Instant::now();
         match reply {
@@ -242,48 +272,39 @@ async fn one_battle(server: &Server, subs: usize, rounds: usize) -> bool {
                 continue;
             }
         }
-        let mut got = 0;
+        let mut this = Vec::with_capacity(ready);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while got < ready {
+        while this.len() < ready {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((_, kk, at))) => {
-                    if kk != k {
-                        eprintln!("a subscriber's event {kk} arrived during change {k}");
+                Ok(Some(batch)) => {
+                    for r in batch {
+                        if r.k != k {
+                            eprintln!("a subscriber's event {} arrived during change {k}", r.k);
+                        }
+                        bytes += r.bytes;
+                        reads += usize::from(r.bytes > 0);
+                        this.push(micros_after(r.at, acked));
                     }
-                    let us = if at >= acked {
-                        (at - acked).as_micros() as i64
-                    } else {
-                        -((acked - at).as_micros() as i64)
-                    };
-                    if k == 0 || k == 1 || k == changes - 1 {
-                        webhook_lat.push(us);
-                    } else {
-                        admin_lat.push(us);
-                    }
-                    got += 1;
                 }
                 _ => break,
             }
         }
-        if got < ready {
-            eprintln!("change {k}: only {got} of {ready} subscribers received it");
+        if this.len() < ready {
+            eprintln!(
+                "change {k}: only {} of {ready} subscribers received it",
+                this.len()
+            );
             ok = false;
         }
-        let all = if k == 0 || k == 1 || k == changes - 1 {
-            &webhook_lat
+        (if webhook {
+            &mut webhook_lat
         } else {
-            &admin_lat
-        };
-        let mut this: Vec<i64> = all[all.len() - got..].to_vec();
+            &mut admin_lat
+        })
+        .extend_from_slice(&this);
         this.sort_unstable();
         println!(
-            "    change {k} ({}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            match k {
-                0 => "Create webhook",
-                1 => "Start webhook",
-                _ if k == changes - 1 => "End webhook",
-                _ => "admin scores",
-            },
+            "    change {k} ({label}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             pct(&this, 0.5) as f64 / 1000.0,
             pct(&this, 0.99) as f64 / 1000.0,
             pct(&this, 1.0) as f64 / 1000.0
@@ -296,14 +317,20 @@ async fn one_battle(server: &Server, subs: usize, rounds: usize) -> bool {
         1000.0 * (cpu_s(server.pid) - server_cpu0) / changes as f64,
         1000.0 * (cpu_s(std::process::id()) - my_cpu0) / changes as f64
     );
-    summary("webhooks (Create, Start, End)", &mut webhook_lat);
-    summary("admin score updates", &mut admin_lat);
-    let mut all: Vec<i64> = webhook_lat.iter().chain(&admin_lat).copied().collect();
-    summary("all changes", &mut all);
-    for t in tasks {
-        t.abort();
+    if !webhook_lat.is_empty() {
+        summary("webhooks (Create, Start, End)", &mut webhook_lat);
     }
-    ok && ready == subs
+    if !admin_lat.is_empty() {
+        summary("admin score updates", &mut admin_lat);
+    }
+    let mut all: Vec<i64> = webhook_lat.iter().chain(&admin_lat).copied().collect();
+    let p99_ms = summary("all changes", &mut all);
+    reader.stop();
+    OneBattle {
+        ok: ok && ready == subs,
+        p99_ms,
+        event_bytes: bytes / reads.max(1),
+    }
 }
 
 /// Part two: `n` battles, one subscriber each, at most `wave` subscribers connected at once
@@ -325,16 +352,19 @@ async fn many_battles(server: &Server, n: usize, wave: usize) -> bool {
     while first < n {
         let count = wave.min(n - first);
         let rss0 = server.rss();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (ready, tasks) = subscribe_all(
-            addr,
-            count,
-            1,
-            &sources,
-            move |i| format!("/v1/battles/b{}/events", first + i),
-            tx,
-        )
+        let clients = subscribe_all(addr, count, &sources, move |i| {
+            format!("/v1/battles/b{}/events", first + i)
+        })
         .await;
+        let ready = clients.len();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reader = match Reader::spawn(clients, tx) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("the subscribers' reader: {e}");
+                return false;
+            }
+        };
         let rss1 = server.rss();
         println!(
             "  battles {first}..{}: server VmRSS {:.1} -> {:.1} MiB with the subscribers ({:.1} KiB per subscriber)",
@@ -348,9 +378,11 @@ async fn many_battles(server: &Server, n: usize, wave: usize) -> bool {
             let mut received = 0;
             while received < ready {
                 match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-                    Ok(Some((i, _, at))) => {
-                        got[i] = Some(at);
-                        received += 1;
+                    Ok(Some(batch)) => {
+                        for r in batch {
+                            got[r.client] = Some(r.at);
+                            received += 1;
+                        }
                     }
                     _ => break,
                 }
@@ -377,11 +409,7 @@ async fn many_battles(server: &Server, n: usize, wave: usize) -> bool {
         let before = lat.len();
         for (ack, at) in acks.iter().zip(&got) {
             match (ack, at) {
-                (Some(ack), Some(at)) => lat.push(if at >= ack {
-                    (*at - *ack).as_micros() as i64
-                } else {
-                    -((*ack - *at).as_micros() as i64)
-                }),
+                (Some(ack), Some(at)) => lat.push(micros_after(*at, *ack)),
                 _ => missed += 1,
             }
         }
@@ -394,9 +422,7 @@ async fn many_battles(server: &Server, n: usize, wave: usize) -> bool {
             pct(&this, 0.99) as f64 / 1000.0,
             pct(&this, 1.0) as f64 / 1000.0,
         );
-        for t in tasks {
-            t.abort();
-        }
+        reader.stop();
         all_errors += errors;
         all_missed += missed;
         first += count;
@@ -412,6 +438,15 @@ async fn many_battles(server: &Server, n: usize, wave: usize) -> bool {
 }
 
 fn main() -> std::process::ExitCode {
+    if flag("--floor-server") {
+        return match floor::serve() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("floor server: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let smoke = smoke();
     let subs: usize = arg("--subscribers").unwrap_or(if smoke { 200 } else { 10_000 });
     let battles: usize = arg("--battles").unwrap_or(if smoke { 1_000 } else { 100_000 });
@@ -436,10 +471,44 @@ fn main() -> std::process::ExitCode {
     let log = std::env::temp_dir().join(format!("livebattle-fanout-{}.log", std::process::id()));
     let mut all_ok = true;
     if subs > 0 {
+        let changes = 3 + rounds;
         let server = Server::start(&[], nofile, &log);
         println!("server pid {} on {}", server.pid, server.addr);
-        all_ok &= rt.block_on(one_battle(&server, subs, rounds));
+        println!("one battle, {subs} subscribers, {changes} changes (Create, Start, {rounds} score updates, End):");
+        let client = reqwest::Client::new();
+        let (addr, id) = (server.addr, "fan-1");
+        let measured = rt.block_on(one_battle(
+            &server,
+            subs,
+            changes,
+            &format!("/v1/battles/{id}/events"),
+            |k| livebattle_change(&client, addr, id, k, changes),
+        ));
         server.stop();
+        all_ok &= measured.ok;
+        let me = std::env::current_exe().expect("this bench's path");
+        let floor = Server::spawn(&me, &["--floor-server"], nofile, &log);
+        let bytes = measured.event_bytes;
+        println!(
+            "the floor: the same {subs} subscribers on a raw SSE server (pid {}), {changes} events of {bytes} bytes:",
+            floor.pid
+        );
+        let addr = floor.addr;
+        let raw = rt.block_on(one_battle(&floor, subs, changes, "/events", |_| {
+            (
+                "raw event",
+                true,
+                client.post(format!("http://{addr}/fire?bytes={bytes}")),
+            )
+        }));
+        floor.stop();
+        all_ok &= raw.ok;
+        println!(
+            "one battle, {subs} subscribers: livebattle p99 {:.2} ms, the floor p99 {:.2} ms ({:.1}x; target p99 <= 50 ms)",
+            measured.p99_ms,
+            raw.p99_ms,
+            measured.p99_ms / raw.p99_ms
+        );
     }
     if battles > 0 {
         let server = Server::start(&[], nofile, &log);

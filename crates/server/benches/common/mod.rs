@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod reader;
+
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
@@ -163,29 +165,41 @@ impl Server {
     /// admin token, plus `extra` flags, with an open-file limit of `nofile`; waits for its
     /// `listening on` line. Its log goes to `log`.
     pub fn start(extra: &[&str], nofile: u64, log: &std::path::Path) -> Server {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--sdk-app-id",
+            APP,
+            "--token",
+            TOKEN,
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--in-memory",
+        ];
+        args.extend_from_slice(extra);
+        Server::spawn(&binary(), &args, nofile, log)
+    }
+
+    /// Starts `program args` with an open-file limit of `nofile` and waits for the
+    /// `listening on ADDR` line it prints first. Its stderr goes to `log`.
+    pub fn spawn(
+        program: &std::path::Path,
+        args: &[&str],
+        nofile: u64,
+        log: &std::path::Path,
+    ) -> Server {
         let stderr = std::fs::File::create(log).expect("the server's log file");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "ulimit -n {nofile} 2>/dev/null || ulimit -n $(ulimit -Hn); exec \"$0\" \"$@\""
             ))
-            .arg(binary())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--sdk-app-id",
-                APP,
-                "--token",
-                TOKEN,
-                "--admin-token",
-                ADMIN_TOKEN,
-                "--in-memory",
-            ])
-            .args(extra)
+            .arg(program)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .expect("start the livebattle binary");
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
         let pid = child.id();
         let mut stdout = child.stdout.take().expect("the server's stdout");
         let mut line = Vec::new();
@@ -198,7 +212,12 @@ impl Server {
         let addr = line
             .strip_prefix("listening on ")
             .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("livebattle did not report its address (got {line:?})"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} did not report its address (got {line:?})",
+                    program.display()
+                )
+            });
         Server { child, addr, pid }
     }
 
@@ -276,11 +295,7 @@ pub struct SseEvent {
 /// source address), de-chunking the body and splitting it into events.
 pub struct SseClient {
     stream: TcpStream,
-    buf: Vec<u8>,
-    /// De-chunked body bytes not yet split into events.
-    body: Vec<u8>,
-    chunked: bool,
-    pub header_done: bool,
+    parser: SseParser,
 }
 
 impl SseClient {
@@ -305,17 +320,14 @@ impl SseClient {
         stream.write_all(req.as_bytes()).await?;
         Ok(SseClient {
             stream,
-            buf: Vec::new(),
-            body: Vec::new(),
-            chunked: false,
-            header_done: false,
+            parser: SseParser::default(),
         })
     }
 
     /// The next event; `None` when the stream ended. Comments (keep-alives) are skipped.
     pub async fn next(&mut self) -> Option<SseEvent> {
         loop {
-            if let Some(e) = self.split_event() {
+            if let Some(e) = self.parser.next_event(Instant::now()) {
                 return Some(e);
             }
             let mut chunk = [0u8; 8192];
@@ -323,9 +335,31 @@ impl SseClient {
             if n == 0 {
                 return None;
             }
-            self.buf.extend_from_slice(&chunk[..n]);
-            self.decode();
+            self.parser.feed(&chunk[..n]);
         }
+    }
+
+    /// The connection (non-blocking) and what was read of it but not yet taken.
+    pub fn into_parts(self) -> std::io::Result<(std::net::TcpStream, SseParser)> {
+        Ok((self.stream.into_std()?, self.parser))
+    }
+}
+
+/// An SSE response as it is read: the HTTP head, then the body (de-chunked), split into events.
+#[derive(Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    /// De-chunked body bytes not yet split into events.
+    body: Vec<u8>,
+    chunked: bool,
+    pub header_done: bool,
+}
+
+impl SseParser {
+    /// Takes bytes read off the connection.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.decode();
     }
 
     fn decode(&mut self) {
@@ -364,7 +398,8 @@ impl SseClient {
         }
     }
 
-    fn split_event(&mut self) -> Option<SseEvent> {
+    /// The next whole event fed so far, received `at`; comments (keep-alives) are skipped.
+    pub fn next_event(&mut self, at: Instant) -> Option<SseEvent> {
         loop {
             let end = self.body.windows(2).position(|w| w == b"\n\n")?;
             let block: Vec<u8> = self.body.drain(..end + 2).collect();
@@ -382,12 +417,7 @@ impl SseClient {
             if name.is_empty() && data.is_empty() {
                 continue; // a comment (keep-alive)
             }
-            return Some(SseEvent {
-                at: Instant::now(),
-                name,
-                id,
-                data,
-            });
+            return Some(SseEvent { at, name, id, data });
         }
     }
 }
