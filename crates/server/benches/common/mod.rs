@@ -401,7 +401,7 @@ impl SseParser {
     /// The next whole event fed so far, received `at`; comments (keep-alives) are skipped.
     pub fn next_event(&mut self, at: Instant) -> Option<SseEvent> {
         loop {
-            let end = self.body.windows(2).position(|w| w == b"\n\n")?;
+            let end = memchr::memmem::find(&self.body, b"\n\n")?;
             let block: Vec<u8> = self.body.drain(..end + 2).collect();
             let text = String::from_utf8_lossy(&block);
             let (mut name, mut id, mut data) = (String::new(), 0u64, String::new());
@@ -418,6 +418,24 @@ impl SseParser {
                 continue; // a comment (keep-alive)
             }
             return Some(SseEvent { at, name, id, data });
+        }
+    }
+
+    /// [`SseParser::next_event`] for a reader that needs only to know an event arrived and
+    /// whether it is a `battle` event: nothing is copied out or allocated.
+    pub fn next_is_battle(&mut self) -> Option<bool> {
+        loop {
+            let end = memchr::memmem::find(&self.body, b"\n\n")?;
+            let mut lines = self.body[..end].split(|&b| b == b'\n');
+            let comment = lines.clone().all(|l| l.is_empty() || l.starts_with(b":"));
+            let battle = lines.any(|l| {
+                l.strip_prefix(b"event:")
+                    .is_some_and(|v| v.trim_ascii() == b"battle")
+            });
+            self.body.drain(..end + 2);
+            if !comment {
+                return Some(battle);
+            }
         }
     }
 }

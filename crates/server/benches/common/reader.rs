@@ -129,8 +129,8 @@ fn read_all(
                     Ok(n) => {
                         let at = Instant::now();
                         c.parser.feed(&buf[..n]);
-                        while let Some(e) = c.parser.next_event(at) {
-                            if e.name == "battle" {
+                        while let Some(battle) = c.parser.next_is_battle() {
+                            if battle {
                                 batch.push(Receipt {
                                     client: c.client,
                                     k: c.k,
