@@ -10,6 +10,7 @@
 //! server must reach; `--verify` checks it through `GET /v1/battles/{id}`. The process exits
 //! non-zero on any HTTP error or mismatch, after one `summary:` line.
 
+mod agenda;
 mod args;
 mod http;
 mod plan;

@@ -1,17 +1,19 @@
 //! The run: battles started at the chosen rate, their webhooks sent on schedule over a keep-alive
-//! pool, each battle verified once it should have settled, and the summary.
+//! pool, each battle verified once it should have settled, and the summary. One loop keeps the
+//! agenda (deliveries and verifications by due instant) and starts each job as a task when due.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::agenda::Agenda;
 use crate::args::Args;
 use crate::http::{Client, Target};
 use crate::plan::{self, BattlePlan, Delivery, PlanConfig};
@@ -122,28 +124,79 @@ pub async fn run(args: Args) -> ExitCode {
     });
 
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut battles = JoinSet::new();
     let mut scenarios: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut quirks: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for i in 0..count {
-        let due = shared.origin + Duration::from_secs_f64(i as f64 / args.rate);
-        tokio::time::sleep_until(due).await;
-        let plan = plan::plan(&mut rng, shared.wall_ms(), &cfg);
-        *scenarios.entry(plan.scenario.name()).or_default() += 1;
-        for q in &plan.quirks {
-            *quirks.entry(q.name()).or_default() += 1;
-        }
-        battles.spawn(run_battle(shared.clone(), plan));
-        // Reap the battles that settled (a finished task stays in the set until joined).
-        while let Some(done) = battles.try_join_next() {
+    // Deliveries and verifications by due instant; a job becomes a task when it is due.
+    let mut agenda: Agenda<Job> = Agenda::default();
+    let mut running = JoinSet::new();
+    // Battles whose deliveries were all acknowledged, to be verified once settled.
+    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel::<Arc<Battle>>();
+    let mut created = 0;
+    loop {
+        while let Some(done) = running.try_join_next() {
             if let Err(e) = done {
-                shared.stats.error(format!("a battle task failed: {e}"));
+                shared.stats.error(format!("a task failed: {e}"));
             }
         }
-    }
-    while let Some(done) = battles.join_next().await {
-        if let Err(e) = done {
-            shared.stats.error(format!("a battle task failed: {e}"));
+        while let Ok(b) = delivered_rx.try_recv() {
+            agenda.add(shared.instant_of(b.plan.settle_at_ms), Job::Verify(b));
+        }
+        let now = Instant::now();
+        while created < count && creation_at(&shared, created, args.rate) <= now {
+            created += 1;
+            let plan = plan::plan(&mut rng, shared.wall_ms(), &cfg);
+            *scenarios.entry(plan.scenario.name()).or_default() += 1;
+            for q in &plan.quirks {
+                *quirks.entry(q.name()).or_default() += 1;
+            }
+            let b = Arc::new(Battle::new(plan));
+            for (i, d) in b.plan.deliveries.iter().enumerate() {
+                agenda.add(shared.instant_of(d.at_ms), Job::Deliver(b.clone(), i));
+            }
+            if b.plan.deliveries.is_empty() {
+                agenda.add(shared.instant_of(b.plan.settle_at_ms), Job::Verify(b));
+            }
+        }
+        while let Some(job) = agenda.pop_due(now) {
+            let shared = shared.clone();
+            match job {
+                Job::Deliver(b, i) => {
+                    let delivered = delivered_tx.clone();
+                    running.spawn(async move {
+                        let late_ms = deliver(&shared, &b.plan, &b.plan.deliveries[i]).await;
+                        if b.delivered(late_ms.unwrap_or(0)) && shared.verify {
+                            let _ = delivered.send(b);
+                        }
+                    });
+                }
+                Job::Verify(b) => {
+                    if shared.verify {
+                        running.spawn(async move {
+                            verify(&shared, &b.plan, b.latest_ms.load(Ordering::Relaxed)).await
+                        });
+                    }
+                }
+            }
+        }
+        let next = agenda
+            .next_at()
+            .into_iter()
+            .chain((created < count).then(|| creation_at(&shared, created, args.rate)))
+            .min();
+        if next.is_none() && running.is_empty() && delivered_rx.is_empty() {
+            break;
+        }
+        // Wake for the next job or creation, or when a battle's last delivery is acknowledged.
+        tokio::select! {
+            () = sleep_until_some(next) => {}
+            Some(b) = delivered_rx.recv() => {
+                agenda.add(shared.instant_of(b.plan.settle_at_ms), Job::Verify(b));
+            }
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Err(e) = done {
+                    shared.stats.error(format!("a task failed: {e}"));
+                }
+            }
         }
     }
 
@@ -201,28 +254,48 @@ async fn clients(args: &Args) -> Result<(Client, String, Option<Client>, String)
     Ok((hook_client, hooks.path, api_client, api_prefix))
 }
 
-/// Sends one battle's webhooks on schedule, then (with `--verify`) checks its final state.
-async fn run_battle(shared: Arc<Shared>, plan: BattlePlan) {
-    let plan = Arc::new(plan);
-    let mut sends = JoinSet::new();
-    for i in 0..plan.deliveries.len() {
-        let (shared, plan) = (shared.clone(), plan.clone());
-        sends.spawn(async move {
-            let d = &plan.deliveries[i];
-            tokio::time::sleep_until(shared.instant_of(d.at_ms)).await;
-            deliver(&shared, &plan, d).await
-        });
+/// When battle `i` is created.
+fn creation_at(shared: &Shared, i: u64, rate: f64) -> Instant {
+    shared.origin + Duration::from_secs_f64(i as f64 / rate)
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
-    let mut latest = 0;
-    while let Some(done) = sends.join_next().await {
-        match done {
-            Ok(late_ms) => latest = latest.max(late_ms.unwrap_or(0)),
-            Err(e) => shared.stats.error(format!("a delivery task failed: {e}")),
+}
+
+/// A job on the agenda.
+enum Job {
+    /// Send delivery `i` of the battle.
+    Deliver(Arc<Battle>, usize),
+    /// Check the battle's final state (with `--verify`).
+    Verify(Arc<Battle>),
+}
+
+/// A battle in flight: its plan, and what its deliveries left to know.
+struct Battle {
+    plan: BattlePlan,
+    /// Deliveries not yet acknowledged (or failed).
+    left: AtomicUsize,
+    /// The most late of its acknowledged deliveries, ms (reported with a mismatch).
+    latest_ms: AtomicU64,
+}
+
+impl Battle {
+    fn new(plan: BattlePlan) -> Battle {
+        Battle {
+            left: AtomicUsize::new(plan.deliveries.len()),
+            latest_ms: AtomicU64::new(0),
+            plan,
         }
     }
-    if shared.verify {
-        tokio::time::sleep_until(shared.instant_of(plan.settle_at_ms)).await;
-        verify(&shared, &plan, latest).await;
+
+    /// Records one delivery done (`late_ms` after its planned instant); true for the last.
+    fn delivered(&self, late_ms: u64) -> bool {
+        self.latest_ms.fetch_max(late_ms, Ordering::Relaxed);
+        self.left.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }
 
