@@ -25,7 +25,7 @@
 //!
 //! * **The floor**, after part one and in the same run: the same subscribers on a raw SSE server
 //!   (`fanout/floor.rs`: no engine, no HTTP library, one blocking `write` of a ready chunk per
-//!   subscriber from two threads), events of the size livebattle's were, the same number of
+//!   subscriber from a thread per core), events of the size livebattle's were, the same number of
 //!   changes. What loopback TCP alone costs on this machine; livebattle's figures are printed
 //!   against it.
 //!
@@ -146,8 +146,9 @@ fn livebattle_change(
     id: &str,
     k: usize,
     changes: usize,
+    started_s: i64,
 ) -> Change {
-    let (cs, ss) = (now_ms() / 1000, now_ms() / 1000);
+    let (cs, ss) = (started_s, started_s);
     let rooms_start = format!(
         r#""FromRoomInfo":{{"RoomId":"a-{id}","Owner_Account":"x"}},"ToRoomList":[{{"RoomId":"b-{id}","Owner_Account":"y"}}]"#
     );
@@ -477,12 +478,14 @@ fn main() -> std::process::ExitCode {
         println!("one battle, {subs} subscribers, {changes} changes (Create, Start, {rounds} score updates, End):");
         let client = reqwest::Client::new();
         let (addr, id) = (server.addr, "fan-1");
+        // The battle's CreateTime and StartTime, the same in every webhook.
+        let started_s = now_ms() / 1000;
         let measured = rt.block_on(one_battle(
             &server,
             subs,
             changes,
             &format!("/v1/battles/{id}/events"),
-            |k| livebattle_change(&client, addr, id, k, changes),
+            |k| livebattle_change(&client, addr, id, k, changes, started_s),
         ));
         server.stop();
         all_ok &= measured.ok;

@@ -21,6 +21,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
 /// Interval of the SSE keep-alive comments.
 pub const DEFAULT_SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// The longest SSE keep-alive interval accepted (a day; proxies close idle streams far sooner).
+pub const MAX_SSE_KEEP_ALIVE: Duration = Duration::from_secs(86_400);
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -456,10 +458,11 @@ impl Config {
             cli.sse_keep_alive_secs.or(file.sse_keep_alive_secs),
             defaults.sse_keep_alive,
         );
-        if sse_keep_alive.is_zero() {
-            return Err(ConfigError::Invalid(
-                "sse_keep_alive_secs must be at least 1".into(),
-            ));
+        if sse_keep_alive.is_zero() || sse_keep_alive > MAX_SSE_KEEP_ALIVE {
+            return Err(ConfigError::Invalid(format!(
+                "sse_keep_alive_secs must be from 1 to {}",
+                MAX_SSE_KEEP_ALIVE.as_secs()
+            )));
         }
         let admin_token = cli.admin_token.or(file.admin_token);
         if admin_token.as_deref() == Some("") {
@@ -578,6 +581,24 @@ mod tests {
         assert_eq!(c.replay_capacity, DEFAULT_REPLAY_CAPACITY);
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(c.admin_token, None);
+    }
+
+    #[test]
+    fn the_sse_keep_alive_is_from_a_second_to_a_day() {
+        let with = |secs: &str| {
+            Config::resolve(
+                cli(&["--sdk-app-id", "1", "--sse-keep-alive-secs", secs]),
+                FileConfig::default(),
+            )
+        };
+        assert_eq!(with("86400").unwrap().sse_keep_alive, MAX_SSE_KEEP_ALIVE);
+        for bad in ["0", "86401", "18446744073709551615"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("sse_keep_alive_secs must be from 1 to 86400"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -129,7 +129,8 @@ pub async fn run(args: Args) -> ExitCode {
     // Deliveries and verifications by due instant; a job becomes a task when it is due.
     let mut agenda: Agenda<Job> = Agenda::default();
     let mut running = JoinSet::new();
-    // Battles whose deliveries were all acknowledged, to be verified once settled.
+    // Battles whose deliveries are all done (acknowledged or failed), to be verified once
+    // settled.
     let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel::<Arc<Battle>>();
     let mut created = 0;
     loop {
@@ -161,12 +162,19 @@ pub async fn run(args: Args) -> ExitCode {
             let shared = shared.clone();
             match job {
                 Job::Deliver(b, i) => {
-                    let delivered = delivered_tx.clone();
+                    let done = Done {
+                        to_verify: shared.verify.then(|| delivered_tx.clone()),
+                        battle: b,
+                    };
                     running.spawn(async move {
-                        let late_ms = deliver(&shared, &b.plan, &b.plan.deliveries[i]).await;
-                        if b.delivered(late_ms.unwrap_or(0)) && shared.verify {
-                            let _ = delivered.send(b);
+                        let done = done;
+                        let b = &done.battle;
+                        if let Some(late_ms) =
+                            deliver(&shared, &b.plan, &b.plan.deliveries[i]).await
+                        {
+                            b.latest_ms.fetch_max(late_ms, Ordering::Relaxed);
                         }
+                        // `done` drops here, or while a panic unwinds: the delivery is done.
                     });
                 }
                 Job::Verify(b) => {
@@ -274,6 +282,24 @@ enum Job {
     Verify(Arc<Battle>),
 }
 
+/// One delivery's end, counted when dropped: at the end of its task, or when the task panics
+/// (so that its battle is still verified).
+struct Done {
+    battle: Arc<Battle>,
+    /// Where a battle goes once its last delivery is done (with `--verify`).
+    to_verify: Option<mpsc::UnboundedSender<Arc<Battle>>>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if self.battle.delivered() {
+            if let Some(tx) = &self.to_verify {
+                let _ = tx.send(self.battle.clone());
+            }
+        }
+    }
+}
+
 /// A battle in flight: its plan, and what its deliveries left to know.
 struct Battle {
     plan: BattlePlan,
@@ -292,9 +318,8 @@ impl Battle {
         }
     }
 
-    /// Records one delivery done (`late_ms` after its planned instant); true for the last.
-    fn delivered(&self, late_ms: u64) -> bool {
-        self.latest_ms.fetch_max(late_ms, Ordering::Relaxed);
+    /// Records one delivery done; true for the last.
+    fn delivered(&self) -> bool {
         self.left.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }

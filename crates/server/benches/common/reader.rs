@@ -72,8 +72,12 @@ impl Reader {
         })
     }
 
-    /// Stops the thread and closes the connections.
-    pub fn stop(mut self) {
+    /// Stops the thread and closes the connections (as dropping it does).
+    pub fn stop(self) {}
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

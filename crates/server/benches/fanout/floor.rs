@@ -1,6 +1,6 @@
 //! The floor of a fan-out on this machine: a raw SSE server with no engine, no HTTP library and
-//! no task per stream — one blocking `write` of a ready chunk per subscriber from two plain
-//! threads. What livebattle's fan-out costs above the kernel's loopback TCP shows against it,
+//! no task per stream — one blocking `write` of a ready chunk per subscriber from a plain thread
+//! per core (two here). What livebattle's fan-out costs above the kernel's loopback TCP shows against it,
 //! measured in the same run with the same subscribers.
 //!
 //! `fanout --floor-server` (the bench runs itself as this second process) listens on
@@ -131,8 +131,9 @@ fn event(seq: u64, wire: usize) -> Vec<u8> {
     let head = format!("event: battle\nid: {seq}\ndata: {{\"seq\":{seq},\"pad\":\"");
     let tail = "\"}\n\n";
     // A chunk adds its size in hex and two CRLFs.
-    let framing = 3 + 4;
-    let pad = wire.saturating_sub(head.len() + tail.len() + framing);
+    let data = wire.saturating_sub(4);
+    let data = data.saturating_sub(format!("{data:x}").len());
+    let pad = data.saturating_sub(head.len() + tail.len());
     let mut out = head.into_bytes();
     out.resize(out.len() + pad, b'x');
     out.extend_from_slice(tail.as_bytes());
