@@ -135,12 +135,10 @@ pub async fn run(args: Args) -> ExitCode {
     let mut created = 0;
     loop {
         while let Some(done) = running.try_join_next() {
-            if let Err(e) = done {
-                shared.stats.error(format!("a task failed: {e}"));
-            }
+            reaped(&shared, done);
         }
         while let Ok(b) = delivered_rx.try_recv() {
-            agenda.add(shared.instant_of(b.plan.settle_at_ms), Job::Verify(b));
+            verify_when_settled(&mut agenda, &shared, b);
         }
         let now = Instant::now();
         while created < count && creation_at(&shared, created, args.rate) <= now {
@@ -154,8 +152,8 @@ pub async fn run(args: Args) -> ExitCode {
             for (i, d) in b.plan.deliveries.iter().enumerate() {
                 agenda.add(shared.instant_of(d.at_ms), Job::Deliver(b.clone(), i));
             }
-            if b.plan.deliveries.is_empty() {
-                agenda.add(shared.instant_of(b.plan.settle_at_ms), Job::Verify(b));
+            if b.plan.deliveries.is_empty() && shared.verify {
+                verify_when_settled(&mut agenda, &shared, b);
             }
         }
         while let Some(job) = agenda.pop_due(now) {
@@ -178,11 +176,9 @@ pub async fn run(args: Args) -> ExitCode {
                     });
                 }
                 Job::Verify(b) => {
-                    if shared.verify {
-                        running.spawn(async move {
-                            verify(&shared, &b.plan, b.latest_ms.load(Ordering::Relaxed)).await
-                        });
-                    }
+                    running.spawn(async move {
+                        verify(&shared, &b.plan, b.latest_ms.load(Ordering::Relaxed)).await
+                    });
                 }
             }
         }
@@ -197,14 +193,8 @@ pub async fn run(args: Args) -> ExitCode {
         // Wake for the next job or creation, or when a battle's last delivery is acknowledged.
         tokio::select! {
             () = sleep_until_some(next) => {}
-            Some(b) = delivered_rx.recv() => {
-                agenda.add(shared.instant_of(b.plan.settle_at_ms), Job::Verify(b));
-            }
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Err(e) = done {
-                    shared.stats.error(format!("a task failed: {e}"));
-                }
-            }
+            Some(b) = delivered_rx.recv() => verify_when_settled(&mut agenda, &shared, b),
+            Some(done) = running.join_next(), if !running.is_empty() => reaped(&shared, done),
         }
     }
 
@@ -274,11 +264,23 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
+/// Puts the battle's verification on the agenda, at the instant it should have settled.
+fn verify_when_settled(agenda: &mut Agenda<Job>, shared: &Shared, b: Arc<Battle>) {
+    agenda.add(shared.instant_of(b.plan.settle_at_ms), Job::Verify(b));
+}
+
+/// Counts a task that panicked.
+fn reaped(shared: &Shared, done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        shared.stats.error(format!("a task failed: {e}"));
+    }
+}
+
 /// A job on the agenda.
 enum Job {
     /// Send delivery `i` of the battle.
     Deliver(Arc<Battle>, usize),
-    /// Check the battle's final state (with `--verify`).
+    /// Check the battle's final state (only with `--verify`).
     Verify(Arc<Battle>),
 }
 

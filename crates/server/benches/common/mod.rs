@@ -398,10 +398,16 @@ impl SseParser {
         }
     }
 
-    /// The next whole event fed so far, received `at`; comments (keep-alives) are skipped.
+    /// Where the next whole block (an event or a comment) ends, before its blank line.
+    fn block_end(&self) -> Option<usize> {
+        memchr::memmem::find(&self.body, b"\n\n")
+    }
+
+    /// The next whole event fed so far, received `at`; comments (keep-alives: blocks with
+    /// neither `event:` nor `data:`) are skipped.
     pub fn next_event(&mut self, at: Instant) -> Option<SseEvent> {
         loop {
-            let end = memchr::memmem::find(&self.body, b"\n\n")?;
+            let end = self.block_end()?;
             let block: Vec<u8> = self.body.drain(..end + 2).collect();
             let text = String::from_utf8_lossy(&block);
             let (mut name, mut id, mut data) = (String::new(), 0u64, String::new());
@@ -425,13 +431,14 @@ impl SseParser {
     /// whether it is a `battle` event: nothing is copied out or allocated.
     pub fn next_is_battle(&mut self) -> Option<bool> {
         loop {
-            let end = memchr::memmem::find(&self.body, b"\n\n")?;
-            let mut lines = self.body[..end].split(|&b| b == b'\n');
-            let comment = lines.clone().all(|l| l.is_empty() || l.starts_with(b":"));
-            let battle = lines.any(|l| {
-                l.strip_prefix(b"event:")
-                    .is_some_and(|v| v.trim_ascii() == b"battle")
-            });
+            let end = self.block_end()?;
+            let lines = self.body[..end].split(|&b| b == b'\n');
+            let comment = !lines
+                .clone()
+                .any(|l| l.starts_with(b"event:") || l.starts_with(b"data:"));
+            let battle = lines
+                .filter_map(|l| l.strip_prefix(b"event:"))
+                .any(|v| v.trim_ascii() == b"battle");
             self.body.drain(..end + 2);
             if !comment {
                 return Some(battle);
