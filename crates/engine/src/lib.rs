@@ -40,7 +40,10 @@ pub use clock::{Clock, TokioClock};
 pub use engine::{Applied, Engine, EngineBuilder, EngineError, Outcome};
 pub use event::{Cause, Created, Ended, Event, RoomDestroyed, RoomInfo, Started};
 pub use metrics::{Metrics, MetricsSnapshot, LATENESS_BUCKETS_MS};
-pub use notify::{Delivery, Filter, Notification, Observer, ResumeTooOld, Subscription, Target};
+pub use notify::{
+    Delivery, Filter, Notification, NotificationFields, Observer, ResumeTooOld, Subscription,
+    Target,
+};
 pub use store::{
     Claim, Commit, EphemeralStore, Fetched, Loaded, MemoryStore, Replicated, SharedStore, Store,
     StoreError, StoreOp, Stored,

@@ -74,6 +74,37 @@ pub struct Notification {
     pub battle: BattleSnapshot,
 }
 
+/// A [`Notification`]'s fields as a plain tuple, in declaration order: the form binary encodings
+/// (postcard) store, since they cannot read back the flattened battle of the JSON form.
+pub type NotificationFields<B> = (u64, Option<State>, Target, Cause, Option<u64>, B);
+
+impl Notification {
+    /// Its fields, borrowed, for encoding.
+    pub fn fields(&self) -> NotificationFields<&BattleSnapshot> {
+        (
+            self.seq,
+            self.from,
+            self.to,
+            self.cause,
+            self.late_ms,
+            &self.battle,
+        )
+    }
+
+    /// The notification these fields describe.
+    pub fn from_fields(fields: NotificationFields<BattleSnapshot>) -> Notification {
+        let (seq, from, to, cause, late_ms, battle) = fields;
+        Notification {
+            seq,
+            from,
+            to,
+            cause,
+            late_ms,
+            battle,
+        }
+    }
+}
+
 /// A synchronous, in-process observer. Called on the engine's shard task in `seq` order; keep it
 /// fast (hand heavy work to a channel).
 pub trait Observer: Send + Sync + 'static {

@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 
 use livebattle_engine::store::{check_version, BoxFuture};
 use livebattle_engine::{
-    Battle, BattleSnapshot, Cause, Loaded, Notification, State, Store, StoreError, StoreOp, Target,
+    Battle, BattleSnapshot, Loaded, Notification, NotificationFields, Store, StoreError, StoreOp,
 };
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -183,15 +183,10 @@ fn encode_battle(b: &Battle) -> Result<Vec<u8>, StoreError> {
 /// JSON and start with `{`; both load.
 const NOTE_POSTCARD: u8 = 1;
 
-/// A notification's fields in postcard order (`Notification` flattens its battle for JSON, which
-/// a non-self-describing format cannot read back).
-type NoteFields<B> = (u64, Option<State>, Target, Cause, Option<u64>, B);
-
 /// Encodes a notification for the replay ring: postcard behind [`NOTE_POSTCARD`] (several times
 /// cheaper than the JSON it replaced, on every durable change).
 fn encode_note(n: &Notification) -> Result<Vec<u8>, StoreError> {
-    let fields: NoteFields<&BattleSnapshot> = (n.seq, n.from, n.to, n.cause, n.late_ms, &n.battle);
-    postcard::to_extend(&fields, vec![NOTE_POSTCARD])
+    postcard::to_extend(&n.fields(), vec![NOTE_POSTCARD])
         .map_err(|e| StoreError(format!("encode notification: {e}")))
 }
 
@@ -200,16 +195,9 @@ fn decode_note(path: &Path, seq: u64, bytes: &[u8]) -> Result<Notification, Stor
         |x: &dyn std::fmt::Display| err(path, format!("notification {seq} cannot be decoded: {x}"));
     match bytes.split_first() {
         Some((&NOTE_POSTCARD, body)) => {
-            let (seq, from, to, cause, late_ms, battle): NoteFields<BattleSnapshot> =
-                postcard::from_bytes(body).map_err(|x| bad(&x))?;
-            Ok(Notification {
-                seq,
-                from,
-                to,
-                cause,
-                late_ms,
-                battle,
-            })
+            postcard::from_bytes::<NotificationFields<BattleSnapshot>>(body)
+                .map(Notification::from_fields)
+                .map_err(|x| bad(&x))
         }
         _ => serde_json::from_slice(bytes).map_err(|x| bad(&x)),
     }
@@ -450,6 +438,7 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use livebattle_engine::{Cause, State, Target};
 
     fn note() -> Notification {
         let mut b = Battle::new("b-1", State::Running, 1_000);
