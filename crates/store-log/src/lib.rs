@@ -1,0 +1,207 @@
+//! # livebattle-store-log
+//!
+//! A durable, embedded [`Store`] for `livebattle-engine` built for write throughput: an
+//! append-only log in a data directory, made durable by one `fdatasync` per group of batches,
+//! with background compaction into snapshots.
+//!
+//! - **Group commit.** One writer thread takes every batch waiting for it, checks each one's
+//!   compare-and-set, appends the accepted ones as **one checksummed frame**, syncs it once and
+//!   only then answers. Nothing is answered `Ok` before it is on disk.
+//! - **Crash safety.** A crash can tear only the last frame of the last log — a write never
+//!   acknowledged — and opening cuts it off. A damaged frame with data after it, a gap in the
+//!   logs, a bad header or another format version is refused with the file's path, never
+//!   wiped.
+//! - **Compaction.** When the logs since the last snapshot outgrow it (and
+//!   [`LogOptions::compact_after_bytes`]), the writer starts a new log and a background thread
+//!   writes the next snapshot from the previous one and the finished logs (to a temporary file,
+//!   synced, renamed), then deletes what it covers. Writes go on meanwhile.
+//! - **Memory.** The store keeps only each battle's version in memory (for compare-and-set);
+//!   records live on disk until the next start or compaction reads them.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use livebattle_engine::Engine;
+//! use livebattle_store_log::LogStore;
+//!
+//! let store = LogStore::open("./livebattle-data")?;
+//! let engine = Engine::builder().store(store).start().await?;
+//! # let _ = engine; Ok(()) }
+//! ```
+//!
+//! Files (see `files.rs`): `LOCK`, `snapshot-N` (the state as of the start of `log-N`) and
+//! `log-N`, each with a header carrying [`FORMAT_VERSION`].
+
+mod files;
+mod frame;
+mod image;
+mod record;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use livebattle_engine::store::BoxFuture;
+use livebattle_engine::{Loaded, Store, StoreError, StoreOp};
+
+pub use files::{FORMAT_VERSION, LOCK_FILE};
+
+use files::{Kind, Plan};
+use image::{Image, Tail};
+use writer::{Job, Writer};
+
+/// How a [`LogStore`] behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Compact once the logs since the last snapshot hold more than this many bytes (and more
+    /// than the snapshot itself, so compaction's cost stays proportional to what was written).
+    pub compact_after_bytes: u64,
+}
+
+impl Default for LogOptions {
+    /// Compact after 64 MiB of log.
+    fn default() -> LogOptions {
+        LogOptions {
+            compact_after_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The log store. The writer thread stops when the store is dropped (after the batches already
+/// sent, and any compaction in progress); the directory's lock is released then.
+pub struct LogStore {
+    dir: PathBuf,
+    tx: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    /// Held for the store's life.
+    _lock: std::fs::File,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("dir", &self.dir).finish()
+    }
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the store in `dir`, with the default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<LogStore, StoreError> {
+        LogStore::open_with(dir, LogOptions::default())
+    }
+
+    /// Opens (creating if needed) the store in `dir`: takes its lock, reads every file to check
+    /// it (cutting off a torn last write) and starts the writer.
+    pub fn open_with(dir: impl AsRef<Path>, options: LogOptions) -> Result<LogStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| files::err(&dir, format!("cannot create the data directory: {e}")))?;
+        let lock = files::lock(&dir)?;
+        let listing = files::list(&dir)?;
+        for tmp in &listing.temps {
+            std::fs::remove_file(tmp).map_err(|e| {
+                files::err(tmp, format!("cannot delete an unfinished snapshot: {e}"))
+            })?;
+        }
+        let plan = Plan::of(&dir, &listing)?;
+        let image = Image::replay(&dir, &plan, Tail::Truncate)?;
+        for old in &plan.obsolete {
+            if let Err(e) = std::fs::remove_file(old) {
+                tracing::warn!(path = %old.display(), error = %e, "cannot delete a compacted file");
+            }
+        }
+        let size = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|e| files::err(p, format!("cannot be read: {e}")))
+        };
+        let snapshot_len = match plan.snapshot {
+            0 => 0,
+            n => size(&files::path(&dir, Kind::Snapshot, n))?,
+        };
+        let mut logs_len = 0;
+        for &n in &plan.logs {
+            logs_len += size(&files::path(&dir, Kind::Log, n))?;
+        }
+        let (log, log_number, log_len) = match plan.logs.last() {
+            Some(&n) => {
+                let p = files::path(&dir, Kind::Log, n);
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&p)
+                    .map_err(|e| files::err(&p, format!("cannot be opened: {e}")))?;
+                let len = std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))
+                    .map_err(|e| files::err(&p, format!("cannot be read: {e}")))?;
+                (f, n, len)
+            }
+            None => {
+                let n = plan.snapshot.max(1);
+                logs_len += files::HEADER_LEN;
+                (files::create(&dir, Kind::Log, n)?, n, files::HEADER_LEN)
+            }
+        };
+        let writer = Writer::new(
+            dir.clone(),
+            options.compact_after_bytes,
+            log,
+            log_number,
+            log_len,
+            image.versions(),
+            plan.snapshot,
+            snapshot_len,
+            logs_len,
+        );
+        drop(image);
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("livebattle-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| files::err(&dir, format!("cannot start the writer thread: {e}")))?;
+        Ok(LogStore {
+            dir,
+            tx: Some(tx),
+            writer: Some(writer),
+            _lock: lock,
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    async fn ask<T>(
+        &self,
+        job: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let closed = || files::err(&self.dir, "the store is closed");
+        self.tx
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(job(reply))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after the jobs already sent; join it so the lock
+        // is released when this returns.
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Store for LogStore {
+    fn load(&self) -> BoxFuture<'_, Result<Loaded, StoreError>> {
+        Box::pin(self.ask(|reply| Job::Load { reply }))
+    }
+
+    fn write(&self, ops: Vec<StoreOp>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.ask(|reply| Job::Write { ops, reply }))
+    }
+}

@@ -1,0 +1,344 @@
+//! The writer thread: every write and load goes through it, in order. It appends each group of
+//! waiting batches as one frame and makes it durable with one `fdatasync` (group commit), then
+//! answers; it starts a compaction when the logs since the last snapshot outgrow it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use livebattle_engine::store::check_version;
+use livebattle_engine::{Loaded, StoreError, StoreOp};
+use tokio::sync::oneshot;
+
+use crate::files::{self, Kind, Plan};
+use crate::frame;
+use crate::image::{Image, Tail};
+use crate::record;
+
+/// What the writer is asked to do.
+pub(crate) enum Job {
+    /// Append a batch durably, if its compare-and-set holds.
+    Write { ops: Vec<StoreOp>, reply: Reply },
+    /// Read the whole state (after every write sent before).
+    Load {
+        reply: oneshot::Sender<Result<Loaded, StoreError>>,
+    },
+}
+
+/// Where a write's outcome goes.
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// A battle's new version (`None`: no longer stored).
+type VersionChange = (Arc<str>, Option<u64>);
+
+/// A compaction in progress: it writes snapshot `target` from the files before `log-target`.
+struct Compaction {
+    target: u64,
+    handle: JoinHandle<Result<u64, StoreError>>,
+}
+
+/// The writer's state (owned by its thread).
+pub(crate) struct Writer {
+    pub dir: PathBuf,
+    /// Compact when the logs since the snapshot exceed this and the snapshot's size.
+    pub compact_after: u64,
+    pub log: File,
+    pub log_number: u64,
+    pub log_len: u64,
+    /// Each stored battle's version.
+    pub versions: HashMap<Arc<str>, u64>,
+    /// The snapshot the state starts from (0: none) and its size.
+    pub snapshot: u64,
+    pub snapshot_len: u64,
+    /// Bytes of the logs since that snapshot.
+    pub logs_len: u64,
+    /// Held while files are renamed or deleted, and while a load reads them.
+    pub files: Arc<Mutex<()>>,
+    /// Set when a failed append could not be undone: every later write is refused.
+    pub broken: Option<StoreError>,
+    /// After a failed compaction: the log size to wait for before trying again.
+    pub retry_at: u64,
+    compaction: Option<Compaction>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        dir: PathBuf,
+        compact_after: u64,
+        log: File,
+        log_number: u64,
+        log_len: u64,
+        versions: HashMap<Arc<str>, u64>,
+        snapshot: u64,
+        snapshot_len: u64,
+        logs_len: u64,
+    ) -> Writer {
+        Writer {
+            dir,
+            compact_after,
+            log,
+            log_number,
+            log_len,
+            versions,
+            snapshot,
+            snapshot_len,
+            logs_len,
+            files: Arc::new(Mutex::new(())),
+            broken: None,
+            retry_at: 0,
+            compaction: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Serves jobs until every sender is gone, then waits for a running compaction.
+    pub(crate) fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = Vec::new();
+            for job in std::iter::once(first).chain(rx.try_iter()) {
+                match job {
+                    Job::Write { ops, reply } => group.push((ops, reply)),
+                    Job::Load { reply } => {
+                        self.commit(std::mem::take(&mut group));
+                        let _ = reply.send(self.load());
+                    }
+                }
+            }
+            self.commit(group);
+            self.maintain();
+        }
+        if let Some(c) = self.compaction.take() {
+            let _ = c.handle.join();
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        files::path(&self.dir, Kind::Log, self.log_number)
+    }
+
+    /// Appends every batch of the group whose compare-and-set holds, as one frame, durably;
+    /// answers each batch.
+    fn commit(&mut self, group: Vec<(Vec<StoreOp>, Reply)>) {
+        if group.is_empty() {
+            return;
+        }
+        if let Some(broken) = &self.broken {
+            for (_, reply) in group {
+                let _ = reply.send(Err(broken.clone()));
+            }
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let at = frame::start(&mut buf);
+        // Versions this group changes (None: no longer stored), applied once it is durable.
+        let mut changed: HashMap<Arc<str>, Option<u64>> = HashMap::new();
+        let mut accepted = Vec::with_capacity(group.len());
+        for (ops, reply) in group {
+            let mark = buf.len();
+            let checked = self
+                .check(&ops, &changed)
+                .and_then(|batch| record::batch(&mut buf, &ops).map(|()| batch));
+            match checked {
+                Ok(batch) => {
+                    changed.extend(batch);
+                    accepted.push(reply);
+                }
+                Err(e) => {
+                    buf.truncate(mark);
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if !accepted.is_empty() {
+            let outcome = if buf.len() == at + frame::HEADER {
+                Ok(()) // only empty batches: nothing to store
+            } else {
+                frame::finish(&mut buf, at).and_then(|()| self.append(&buf))
+            };
+            if outcome.is_ok() {
+                for (id, version) in changed {
+                    match version {
+                        Some(v) => self.versions.insert(id, v),
+                        None => self.versions.remove(&id),
+                    };
+                }
+            }
+            for reply in accepted {
+                let _ = reply.send(outcome.clone());
+            }
+        }
+        if buf.capacity() > 1 << 22 {
+            buf = Vec::new();
+        }
+        self.buf = buf;
+    }
+
+    /// The version changes a batch makes, if every `Put`'s expected version holds against the
+    /// store with `changed` (the group's earlier batches) on top.
+    fn check(
+        &self,
+        ops: &[StoreOp],
+        changed: &HashMap<Arc<str>, Option<u64>>,
+    ) -> Result<Vec<VersionChange>, StoreError> {
+        let mut batch: Vec<VersionChange> = Vec::new();
+        for op in ops {
+            match op {
+                StoreOp::Put {
+                    battle,
+                    expected_version,
+                } => {
+                    let stored = batch
+                        .iter()
+                        .rev()
+                        .find(|(id, _)| *id == battle.id)
+                        .map(|(_, v)| *v)
+                        .or_else(|| changed.get(&battle.id).copied())
+                        .unwrap_or_else(|| self.versions.get(&battle.id).copied());
+                    check_version(&battle.id, stored, *expected_version)?;
+                    batch.push((battle.id.clone(), Some(battle.version)));
+                }
+                StoreOp::Evict { battle_id, .. } => batch.push((battle_id.clone(), None)),
+                StoreOp::Forget { .. } | StoreOp::Notify { .. } => {}
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Writes `bytes` at the end of the log and syncs them; on failure, cuts the log back so
+    /// no part of the frame stays (or, if that fails too, refuses every later write).
+    fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let written = self
+            .log
+            .write_all(bytes)
+            .and_then(|()| self.log.sync_data());
+        match written {
+            Ok(()) => {
+                self.log_len += bytes.len() as u64;
+                self.logs_len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let p = self.log_path();
+                let failure = files::err(&p, format!("cannot append: {e}"));
+                let undo = self
+                    .log
+                    .set_len(self.log_len)
+                    .and_then(|()| self.log.seek(SeekFrom::Start(self.log_len)))
+                    .and_then(|_| self.log.sync_data());
+                if let Err(u) = undo {
+                    tracing::error!(path = %p.display(), error = %u,
+                        "a failed append could not be undone; the store refuses writes until restarted");
+                    self.broken = Some(files::err(
+                        &p,
+                        format!("a failed append could not be undone ({u}); restart to recover"),
+                    ));
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// The whole state, read from the files.
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let image = {
+            let _files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+            let plan = Plan::of(&self.dir, &files::list(&self.dir)?)?;
+            Image::replay(&self.dir, &plan, Tail::Stop)?
+        };
+        image.into_loaded(&self.dir)
+    }
+
+    /// Takes a finished compaction's result; starts one when the logs have outgrown the
+    /// snapshot.
+    fn maintain(&mut self) {
+        if let Some(c) = self.compaction.take_if(|c| c.handle.is_finished()) {
+            let result = c
+                .handle
+                .join()
+                .unwrap_or_else(|_| Err(StoreError("the compaction thread panicked".into())));
+            match result {
+                Ok(len) => {
+                    tracing::info!(snapshot = c.target, bytes = len, "compaction done");
+                    self.snapshot = c.target;
+                    self.snapshot_len = len;
+                    self.logs_len = self.log_len;
+                    self.retry_at = 0;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "compaction failed; the logs are kept, retrying later");
+                    self.retry_at = self.logs_len + self.compact_after;
+                }
+            }
+        }
+        let due = self.logs_len > self.compact_after.max(self.snapshot_len)
+            && self.logs_len >= self.retry_at;
+        if self.compaction.is_some() || self.broken.is_some() || !due {
+            return;
+        }
+        let target = self.log_number + 1;
+        match files::create(&self.dir, Kind::Log, target) {
+            Ok(log) => {
+                self.log = log;
+                self.log_number = target;
+                self.log_len = files::HEADER_LEN;
+                self.logs_len += files::HEADER_LEN;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a new log; compaction postponed");
+                self.retry_at = self.logs_len + self.compact_after;
+                return;
+            }
+        }
+        let (dir, base, files) = (self.dir.clone(), self.snapshot, self.files.clone());
+        let spawned = std::thread::Builder::new()
+            .name("livebattle-log-compaction".into())
+            .spawn(move || compact(&dir, base, target, &files));
+        match spawned {
+            Ok(handle) => self.compaction = Some(Compaction { target, handle }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the compaction thread");
+                self.retry_at = self.logs_len + self.compact_after;
+            }
+        }
+    }
+}
+
+/// Writes snapshot `target` (snapshot `base` + logs `base..target`), then deletes what it
+/// covers. Returns the snapshot's size.
+fn compact(
+    dir: &std::path::Path,
+    base: u64,
+    target: u64,
+    files: &Mutex<()>,
+) -> Result<u64, StoreError> {
+    let plan = Plan {
+        snapshot: base,
+        logs: (base.max(1)..target).collect(),
+        obsolete: Vec::new(),
+    };
+    let image = Image::replay(dir, &plan, Tail::MustBeClean)?;
+    let written = image.write_snapshot(dir, target, |rename| {
+        let _files = files.lock().unwrap_or_else(PoisonError::into_inner);
+        rename()?;
+        let covered = (base > 0)
+            .then(|| files::path(dir, Kind::Snapshot, base))
+            .into_iter()
+            .chain(plan.logs.iter().map(|&n| files::path(dir, Kind::Log, n)));
+        for p in covered {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "cannot delete a compacted file");
+            }
+        }
+        Ok(())
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(files::temp_path(dir, target));
+    }
+    written
+}
