@@ -1,13 +1,13 @@
 //! Webhook throughput and latency over real HTTP, in one run and under the same load: a bare axum
 //! server (the HTTP stack's limit on this machine), the `livebattle` server in memory, and with
-//! durable storage (redb).
+//! durable storage: the log store (the default) and redb.
 //!
 //! `cargo bench -p livebattle-server --bench webhooks` (LIVEBATTLE_BENCH_SMOKE=1: a short run).
 //! Options after `--`: `--seconds N` per run (default 10), `--connections N` (default 128),
-//! `--no-half` (skip the rate-limited runs), `--only bare|in-memory|durable` (one mode),
+//! `--no-half` (skip the rate-limited runs), `--only bare|in-memory|durable|durable-redb` (one mode),
 //! `--rounds N` (repeat the closed-loop runs N times, modes interleaved; the summary takes the
 //! medians; the half-rate runs are in the first round).
-//! Profiling: `--serve bare|in-memory|durable` runs one server until SIGTERM; `--drive ADDR --requests N`
+//! Profiling: `--serve bare|in-memory|durable|durable-redb` runs one server until SIGTERM; `--drive ADDR --requests N`
 //! sends exactly N requests to it (docs/benchmarks.md has the callgrind recipe).
 //!
 //! Each connection posts signed Tencent callbacks over keep-alive: a Create (NeedResponse false,
@@ -18,8 +18,8 @@
 //! * **bare**: axum on the same `axum::serve`, one `POST /callback` route that reads the body,
 //!   parses it as JSON (`serde_json::Value`) and returns livebattle's OK ack (the same bytes and
 //!   `Content-Type`, from `TencentReply::ok()`). No signature check, no engine.
-//! * **in-memory** / **durable**: `livebattle_server::serve` with `Storage::InMemory` /
-//!   `Storage::DataDir` (a fresh temp dir).
+//! * **in-memory** / **durable** / **durable-redb**: `livebattle_server::serve` with
+//!   `Storage::InMemory` / `Storage::DataDir` (a fresh temp dir) with the log store / with redb.
 //!
 //! Each mode first runs closed-loop (every connection sends its next request as soon as the
 //! reply came: the maximum throughput), then rate-limited at half that maximum (each connection
@@ -38,7 +38,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::response::{IntoResponse, Response};
 use livebattle_ingest::{AppConfig, TencentReply};
-use livebattle_server::{serve, Config, Storage};
+use livebattle_server::{serve, Config, DurableStore, Storage};
 
 mod common;
 
@@ -70,6 +70,27 @@ type ModeRounds = (&'static str, Vec<(f64, f64)>, Option<f64>);
 enum Mode {
     Bare,
     Livebattle(Storage),
+}
+
+/// The modes, in the order each round runs them.
+const MODES: [&str; 4] = ["bare", "in-memory", "durable", "durable-redb"];
+
+impl Mode {
+    /// The mode of `label`, durable ones in `dir`.
+    fn of(label: &str, dir: &std::path::Path) -> Mode {
+        let durable = |store| {
+            Mode::Livebattle(Storage::DataDir {
+                dir: dir.to_path_buf(),
+                store: Some(store),
+            })
+        };
+        match label {
+            "bare" => Mode::Bare,
+            "durable" => durable(DurableStore::Log),
+            "durable-redb" => durable(DurableStore::Redb),
+            _ => Mode::Livebattle(Storage::InMemory),
+        }
+    }
 }
 
 /// Starts the server of `mode`; returns its address and a stop handle.
@@ -219,11 +240,7 @@ async fn drive_fixed(addr: SocketAddr, requests: u64, connections: usize) {
 /// SIGTERM/SIGINT, for profiling (`valgrind --tool=callgrind`).
 async fn serve_only(which: &str) {
     let dir = std::env::temp_dir().join(format!("livebattle-serve-{}", std::process::id()));
-    let mode = match which {
-        "bare" => Mode::Bare,
-        "durable" => Mode::Livebattle(Storage::DataDir(dir.clone())),
-        _ => Mode::Livebattle(Storage::InMemory),
-    };
+    let mode = Mode::of(which, &dir);
     let (addr, stop, server) = start(&mode).await;
     println!("listening on {addr}");
     livebattle_server::shutdown_signal().await;
@@ -266,18 +283,12 @@ fn main() -> std::process::ExitCode {
             if rounds > 1 {
                 println!("round {}", round + 1);
             }
-            for label in ["bare", "in-memory", "durable"] {
+            for label in MODES {
                 if !wanted(label) {
                     continue;
                 }
-                let m = match label {
-                    "bare" => Mode::Bare,
-                    "in-memory" => Mode::Livebattle(Storage::InMemory),
-                    _ => {
-                        let _ = std::fs::remove_dir_all(&dir);
-                        Mode::Livebattle(Storage::DataDir(dir.clone()))
-                    }
-                };
+                let _ = std::fs::remove_dir_all(&dir);
+                let m = Mode::of(label, &dir);
                 let (max, per_cpu, p99) =
                     mode(m, label, seconds, connections, half && round == 0).await;
                 let _ = std::fs::remove_dir_all(&dir);
@@ -312,7 +323,7 @@ fn main() -> std::process::ExitCode {
         for (label, max, per_cpu, p99) in &results {
             let target = match *label {
                 "in-memory" => " (target >= 85%)",
-                "durable" => " (target >= 50%)",
+                "durable" | "durable-redb" => " (target >= 50%)",
                 _ => "",
             };
             let ratio = bare.map_or_else(
@@ -330,7 +341,7 @@ fn main() -> std::process::ExitCode {
                 |p| format!("{p:.2} ms (target <= 5 ms)"),
             );
             println!(
-                "  {label:>9}: max {max:>8.0} req/s ({per_cpu:.0} req/CPU-s), {ratio}; p99 at half rate {p99}"
+                "  {label:>12}: max {max:>8.0} req/s ({per_cpu:.0} req/CPU-s), {ratio}; p99 at half rate {p99}"
             );
         }
         if results.iter().any(|r| r.1 <= 0.0) {

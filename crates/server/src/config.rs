@@ -129,6 +129,13 @@ pub struct Cli {
     #[arg(long, env = "LIVEBATTLE_DATA_DIR", value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
 
+    /// Which durable store keeps --data-dir: log (append-only log, group commit, background
+    /// compaction; the fastest) or redb (the single-file B-tree of earlier releases). Default:
+    /// redb for a directory that holds livebattle.redb, else log. A directory holding the other
+    /// store's files is refused. File key: durable_store.
+    #[arg(long, env = "LIVEBATTLE_DURABLE_STORE", value_name = "STORE")]
+    pub durable_store: Option<DurableStore>,
+
     /// Keep battles in memory only (no --data-dir): a restart forgets every battle. File key:
     /// in_memory.
     #[arg(long, env = "LIVEBATTLE_IN_MEMORY", conflicts_with = "data_dir")]
@@ -229,6 +236,7 @@ pub struct FileConfig {
     log_format: Option<LogFormat>,
     in_memory: Option<bool>,
     data_dir: Option<PathBuf>,
+    durable_store: Option<DurableStore>,
     store: Option<String>,
     redis_namespace: Option<String>,
     redis_lease_ms: Option<u64>,
@@ -250,13 +258,31 @@ impl FileConfig {
 /// The default data directory of the binary.
 pub const DEFAULT_DATA_DIR: &str = "./livebattle-data";
 
+/// Which durable store keeps a data directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurableStore {
+    /// The append-only log with group commit and background compaction (`livebattle-store-log`):
+    /// the fastest, and the default for a new data directory.
+    Log,
+    /// The redb B-tree file `livebattle.redb` (`livebattle-store-redb`), the store of earlier
+    /// releases.
+    Redb,
+}
+
 /// Where the engine keeps its state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Storage {
     /// Nothing survives a restart.
     InMemory,
-    /// Durable, in this directory (the redb store).
-    DataDir(PathBuf),
+    /// Durable, in this directory.
+    DataDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Which store; `None` chooses by what the directory holds (redb if it holds
+        /// `livebattle.redb`, else the log store).
+        store: Option<DurableStore>,
+    },
     /// Shared with other instances, in Redis.
     Redis {
         /// `redis://host:port[/db]`.
@@ -403,12 +429,14 @@ impl Config {
         } else if in_memory {
             Storage::InMemory
         } else {
-            Storage::DataDir(
-                cli.data_dir
+            Storage::DataDir {
+                dir: cli
+                    .data_dir
                     .clone()
                     .or(file.data_dir.clone())
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            )
+                store: cli.durable_store.or(file.durable_store),
+            }
         };
         let apps = resolve_apps(&cli, &file)?;
         let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
@@ -674,7 +702,21 @@ mod tests {
                 .unwrap()
                 .storage
         };
-        assert_eq!(one(&[], ""), Storage::DataDir(DEFAULT_DATA_DIR.into()));
+        let data_dir = |dir: &str, store| Storage::DataDir {
+            dir: dir.into(),
+            store,
+        };
+        assert_eq!(one(&[], ""), data_dir(DEFAULT_DATA_DIR, None));
+        assert_eq!(
+            one(&["--durable-store", "redb"], "durable_store = \"log\""),
+            data_dir(DEFAULT_DATA_DIR, Some(DurableStore::Redb)),
+            "a flag beats the file"
+        );
+        assert_eq!(
+            one(&[], "durable_store = \"log\""),
+            data_dir(DEFAULT_DATA_DIR, Some(DurableStore::Log))
+        );
+        assert!(FileConfig::parse("durable_store = \"lmdb\"").is_err());
         assert_eq!(one(&["--in-memory"], ""), Storage::InMemory);
         assert_eq!(one(&[], "in_memory = true"), Storage::InMemory);
         assert_eq!(
@@ -692,10 +734,10 @@ mod tests {
         );
         assert_eq!(
             one(&["--data-dir", "/d"], "in_memory = true"),
-            Storage::DataDir("/d".into()),
+            data_dir("/d", None),
             "a flag beats the file"
         );
-        assert_eq!(one(&[], "data_dir = \"/f\""), Storage::DataDir("/f".into()));
+        assert_eq!(one(&[], "data_dir = \"/f\""), data_dir("/f", None));
         assert!(Cli::try_parse_from(["livebattle", "--in-memory", "--data-dir", "/d"]).is_err());
     }
 

@@ -35,6 +35,7 @@ pub mod sse;
 mod state;
 
 use std::future::Future;
+use std::path::Path;
 
 use std::time::Instant;
 
@@ -43,13 +44,14 @@ use axum::http::{Method, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use livebattle_engine::{Engine, EngineError};
+use livebattle_engine::{Engine, EngineError, StoreError};
 use livebattle_ingest::CALLBACK_PATH;
+use livebattle_store_log::LogStore;
 use livebattle_store_redb::RedbStore;
 use livebattle_store_redis::{RedisOptions, RedisStore};
 use tokio::net::TcpListener;
 
-pub use config::{Cli, Config, ConfigError, LogFormat, Storage, DEFAULT_DATA_DIR};
+pub use config::{Cli, Config, ConfigError, DurableStore, LogFormat, Storage, DEFAULT_DATA_DIR};
 pub use error::ApiError;
 pub use state::AppState;
 
@@ -201,10 +203,20 @@ pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
         builder = builder.shards(n);
     }
     match &config.storage {
-        Storage::DataDir(dir) => {
-            let store = RedbStore::open(dir).map_err(EngineError::Store)?;
-            tracing::info!(path = %store.path().display(), "durable storage");
-            builder = builder.store(store);
+        Storage::DataDir { dir, store } => {
+            let chosen = durable_store(dir, *store).map_err(EngineError::Store)?;
+            builder = match chosen {
+                DurableStore::Log => {
+                    let store = LogStore::open(dir).map_err(EngineError::Store)?;
+                    tracing::info!(dir = %store.dir().display(), "durable storage: log store");
+                    builder.store(store)
+                }
+                DurableStore::Redb => {
+                    let store = RedbStore::open(dir).map_err(EngineError::Store)?;
+                    tracing::info!(path = %store.path().display(), "durable storage: redb");
+                    builder.store(store)
+                }
+            };
         }
         Storage::Redis {
             url,
@@ -233,6 +245,36 @@ pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
         "engine ready"
     );
     Ok(engine)
+}
+
+/// Which store keeps `dir`: the one asked for, else the one whose files it holds (the log
+/// store for a new directory). A directory holding the other store's files is refused, so
+/// that switching stores never looks like losing every battle.
+fn durable_store(dir: &Path, asked: Option<DurableStore>) -> Result<DurableStore, StoreError> {
+    let redb = dir.join(livebattle_store_redb::FILE_NAME);
+    let has_redb = redb.exists();
+    let has_log = LogStore::found_in(dir);
+    let refuse = |holds: &str, use_: &str| {
+        Err(StoreError(format!(
+            "{} holds {holds}; start with --durable-store {use_} (durable_store = \"{use_}\"), \
+             or move those files away",
+            dir.display()
+        )))
+    };
+    match (asked, has_redb, has_log) {
+        (_, true, true) => Err(StoreError(format!(
+            "{} holds both a redb store ({}) and a log store (log-*, snapshot-*): keep one",
+            dir.display(),
+            livebattle_store_redb::FILE_NAME
+        ))),
+        (Some(DurableStore::Log), true, false) => {
+            refuse(&format!("a redb store ({})", redb.display()), "redb")
+        }
+        (Some(DurableStore::Redb), false, true) => refuse("a log store (log-*, snapshot-*)", "log"),
+        (Some(asked), _, _) => Ok(asked),
+        (None, true, false) => Ok(DurableStore::Redb),
+        (None, false, _) => Ok(DurableStore::Log),
+    }
 }
 
 /// Connects to Redis, waiting for it while it is down (the instance is not ready meanwhile); a

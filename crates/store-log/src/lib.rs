@@ -165,6 +165,11 @@ impl LogStore {
         })
     }
 
+    /// Whether `dir` holds a log store's files (a log or a snapshot).
+    pub fn found_in(dir: impl AsRef<Path>) -> bool {
+        files::list(dir.as_ref()).is_ok_and(|l| !l.logs.is_empty() || !l.snapshots.is_empty())
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
