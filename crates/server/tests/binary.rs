@@ -218,7 +218,7 @@ async fn durable_by_default_survives_kill_9_and_refuses_a_second_process() {
     let out = durable().output().await.unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("livebattle.redb"), "{err}");
+    assert!(err.contains("LOCK"), "the log store by default: {err}");
     assert!(err.contains("locked"), "{err}");
 
     // kill -9: no shutdown, no flush.
@@ -247,5 +247,14 @@ async fn durable_by_default_survives_kill_9_and_refuses_a_second_process() {
         "a duplicate changed nothing"
     );
     terminate(child).await;
+
+    // Asking for the other store on this directory is refused, naming what it holds.
+    let mut redb = durable();
+    redb.args(["--durable-store", "redb"]);
+    let out = redb.output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("holds a log store"), "{err}");
+    assert!(err.contains("--durable-store log"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,4 +1,5 @@
-//! The crash test of the durability issue, on the real binary and a real redb data dir.
+//! The crash test of the durability issue, on the real binary and a real data dir: once with the
+//! log store (the default), once with redb.
 //!
 //! Several hundred battles are driven with signed Tencent webhooks over concurrent keep-alive
 //! connections (running, awaiting an answer that never comes, awaiting then started, ended by End
@@ -83,7 +84,7 @@ struct Process {
     ready_ms: i64,
 }
 
-async fn start(data: &PathBuf) -> Process {
+async fn start(data: &PathBuf, store: &str) -> Process {
     // `CRASH_BIN=target/release/livebattle` runs the same test against another build.
     let bin = std::env::var("CRASH_BIN").unwrap_or_else(|_| BIN.to_owned());
     let mut cmd = Command::new(bin);
@@ -103,6 +104,8 @@ async fn start(data: &PathBuf) -> Process {
             TOKEN,
             "--response-grace-ms",
             &GRACE_MS.to_string(),
+            "--durable-store",
+            store,
             "--data-dir",
         ])
         .arg(data)
@@ -1174,6 +1177,14 @@ impl Stalls {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_acknowledged() {
+    // One store after the other: the timer checks want the machine to themselves.
+    for store in ["log", "redb"] {
+        println!("=== the {store} store");
+        kill_9_under_load(store).await;
+    }
+}
+
+async fn kill_9_under_load(store: &str) {
     let began = Instant::now();
     let seed = std::env::var("CRASH_SEED")
         .ok()
@@ -1196,7 +1207,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let data = std::env::temp_dir().join(format!("livebattle-crash-{}-{seed}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let probes = Probes::start(std::env::temp_dir());
-    let first = start(&data).await;
+    let first = start(&data, store).await;
     println!(
         "first start: listening after {:?}, ready after {:?}",
         first.listening, first.ready
@@ -1290,7 +1301,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
 
     // Down for a while: deadlines pass.
     tokio::time::sleep(DOWNTIME).await;
-    let mut second = start(&data).await;
+    let mut second = start(&data, store).await;
     println!(
         "restart: listening after {:?}, ready after {:?}",
         second.listening, second.ready
