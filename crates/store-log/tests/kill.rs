@@ -102,7 +102,7 @@ fn kill_9_during_appends_and_compactions_loses_nothing_acknowledged() {
     println!("kill test seed {seed} (KILL_SEED={seed} replays the kill times)");
     let mut rng = seed | 1;
     let dir = tempfile::tempdir().unwrap();
-    let mut acked = vec![0u64; WRITERS];
+    let mut acked = [0u64; WRITERS];
     let mut total = 0;
     for round in 0..ROUNDS {
         rng ^= rng << 13;
