@@ -3,10 +3,11 @@
 //! `log-N` holds the frames appended since `snapshot-N` (or since the beginning, for N = 1
 //! without a snapshot); `snapshot-N` is the whole state as of the start of `log-N`. The state is
 //! the newest snapshot plus every log from its number on. Older files are left-overs of a
-//! compaction that had not deleted them yet; `.tmp` files are snapshots never completed.
+//! compaction that had not deleted them yet; `.tmp` files were never completed (a file is
+//! written under its `.tmp` name, synced, then renamed).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use livebattle_engine::StoreError;
@@ -93,19 +94,29 @@ pub(crate) fn check_header(
     Ok(())
 }
 
-/// Creates file `number` of `kind` (which must not exist) with its header, durably.
+/// Creates file `number` of `kind` (which must not exist) with its header, durably: written
+/// under a temporary name and renamed, so a file of that name always has its whole header.
 pub(crate) fn create(dir: &Path, kind: Kind, number: u64) -> Result<File, StoreError> {
     let p = path(dir, kind, number);
+    let tmp = temp_path(dir, kind, number);
+    let fail = |e: std::io::Error| err(&tmp, format!("cannot be written: {e}"));
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
-        .open(&p)
-        .map_err(|e| err(&p, format!("cannot be created: {e}")))?;
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(fail)?;
     f.write_all(&header(kind, number))
         .and_then(|()| f.sync_all())
-        .map_err(|e| err(&p, format!("cannot be written: {e}")))?;
+        .map_err(fail)?;
+    if p.exists() {
+        return Err(err(&p, "exists already"));
+    }
+    std::fs::rename(&tmp, &p).map_err(|e| err(&p, format!("cannot be put in place: {e}")))?;
     sync_dir(dir)?;
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| err(&p, format!("cannot be read: {e}")))?;
     Ok(f)
 }
 
@@ -147,13 +158,13 @@ pub(crate) struct Listing {
     pub snapshots: Vec<u64>,
     /// Log numbers, ascending.
     pub logs: Vec<u64>,
-    /// Unfinished snapshots.
+    /// Files never finished (a crash before their rename).
     pub temps: Vec<PathBuf>,
 }
 
-/// The temporary name a snapshot is written under before it is renamed into place.
-pub(crate) fn temp_path(dir: &Path, number: u64) -> PathBuf {
-    let mut p = path(dir, Kind::Snapshot, number).into_os_string();
+/// The temporary name file `number` of `kind` is written under before it is renamed into place.
+pub(crate) fn temp_path(dir: &Path, kind: Kind, number: u64) -> PathBuf {
+    let mut p = path(dir, kind, number).into_os_string();
     p.push(".tmp");
     PathBuf::from(p)
 }
@@ -166,7 +177,9 @@ pub(crate) fn list(dir: &Path) -> Result<Listing, StoreError> {
         let entry = entry.map_err(|e| err(dir, format!("cannot be read: {e}")))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(Kind::Snapshot.prefix()) && name.ends_with(".tmp") {
+        let ours =
+            name.starts_with(Kind::Snapshot.prefix()) || name.starts_with(Kind::Log.prefix());
+        if ours && name.ends_with(".tmp") {
             listing.temps.push(entry.path());
             continue;
         }

@@ -180,7 +180,7 @@ impl Image {
             Record(&'a [u8]),
             Evicted(&'a str, i64),
         }
-        let tmp = files::temp_path(dir, number);
+        let tmp = files::temp_path(dir, Kind::Snapshot, number);
         let fail = |e: std::io::Error| files::err(&tmp, format!("cannot be written: {e}"));
         let file = File::create(&tmp).map_err(fail)?;
         let mut w = BufWriter::with_capacity(CHUNK * 2, file);

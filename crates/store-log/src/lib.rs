@@ -140,7 +140,7 @@ impl LogStore {
                 (files::create(&dir, Kind::Log, n)?, n, files::HEADER_LEN)
             }
         };
-        let writer = Writer::new(
+        let mut writer = Writer::new(
             dir.clone(),
             options.compact_after_bytes,
             log,
@@ -151,7 +151,7 @@ impl LogStore {
             snapshot_len,
             logs_len,
         );
-        drop(image);
+        writer.recovered = Some(image);
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("livebattle-log-writer".into())

@@ -31,9 +31,6 @@ pub(crate) enum Job {
 /// Where a write's outcome goes.
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
-/// A battle's new version (`None`: no longer stored).
-type VersionChange = (Arc<str>, Option<u64>);
-
 /// A compaction in progress: it writes snapshot `target` from the files before `log-target`.
 struct Compaction {
     target: u64,
@@ -61,6 +58,9 @@ pub(crate) struct Writer {
     pub broken: Option<StoreError>,
     /// After a failed compaction: the log size to wait for before trying again.
     pub retry_at: u64,
+    /// The state as open read it, kept for the first load while nothing has been written
+    /// since (the engine loads right after opening: no second read of every file).
+    pub recovered: Option<Image>,
     compaction: Option<Compaction>,
     buf: Vec<u8>,
 }
@@ -91,6 +91,7 @@ impl Writer {
             files: Arc::new(Mutex::new(())),
             broken: None,
             retry_at: 0,
+            recovered: None,
             compaction: None,
             buf: Vec::new(),
         }
@@ -156,6 +157,7 @@ impl Writer {
             }
         }
         if !accepted.is_empty() {
+            self.recovered = None;
             let outcome = if buf.len() == at + frame::HEADER {
                 Ok(()) // only empty batches: nothing to store
             } else {
@@ -185,8 +187,8 @@ impl Writer {
         &self,
         ops: &[StoreOp],
         changed: &HashMap<Arc<str>, Option<u64>>,
-    ) -> Result<Vec<VersionChange>, StoreError> {
-        let mut batch: Vec<VersionChange> = Vec::new();
+    ) -> Result<HashMap<Arc<str>, Option<u64>>, StoreError> {
+        let mut batch: HashMap<Arc<str>, Option<u64>> = HashMap::new();
         for op in ops {
             match op {
                 StoreOp::Put {
@@ -194,16 +196,16 @@ impl Writer {
                     expected_version,
                 } => {
                     let stored = batch
-                        .iter()
-                        .rev()
-                        .find(|(id, _)| *id == battle.id)
-                        .map(|(_, v)| *v)
-                        .or_else(|| changed.get(&battle.id).copied())
+                        .get(&battle.id)
+                        .or_else(|| changed.get(&battle.id))
+                        .copied()
                         .unwrap_or_else(|| self.versions.get(&battle.id).copied());
                     check_version(&battle.id, stored, *expected_version)?;
-                    batch.push((battle.id.clone(), Some(battle.version)));
+                    batch.insert(battle.id.clone(), Some(battle.version));
                 }
-                StoreOp::Evict { battle_id, .. } => batch.push((battle_id.clone(), None)),
+                StoreOp::Evict { battle_id, .. } => {
+                    batch.insert(battle_id.clone(), None);
+                }
                 StoreOp::Forget { .. } | StoreOp::Notify { .. } => {}
             }
         }
@@ -245,7 +247,10 @@ impl Writer {
     }
 
     /// The whole state, read from the files.
-    fn load(&self) -> Result<Loaded, StoreError> {
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        if let Some(image) = self.recovered.take() {
+            return image.into_loaded(&self.dir);
+        }
         let image = {
             let _files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
             let plan = Plan::of(&self.dir, &files::list(&self.dir)?)?;
@@ -338,7 +343,7 @@ fn compact(
         Ok(())
     });
     if written.is_err() {
-        let _ = std::fs::remove_file(files::temp_path(dir, target));
+        let _ = std::fs::remove_file(files::temp_path(dir, Kind::Snapshot, target));
     }
     written
 }

@@ -1,9 +1,13 @@
-//! Recovery and durable-write benchmarks for the redb store.
+//! Recovery and durable-write benchmarks of the durable stores (the log store and redb), in
+//! process, without HTTP.
 //!
-//! `cargo bench -p livebattle-store-redb --bench recovery` — with LIVEBATTLE_BENCH_SMOKE=1 it
-//! runs small. Reports:
-//! 1. recovery: N stored battles (running, with timers) → open + load + engine ready, seconds;
-//! 2. event throughput through the engine with the redb store versus the ephemeral store, in the
+//! `cargo bench -p livebattle-server --bench recovery` — with LIVEBATTLE_BENCH_SMOKE=1 it runs
+//! small. Options after `--`: `--store log|redb` (one store; default both), `--recovery-only`.
+//! Reports, per store:
+//! 1. recovery: N stored battles (running, with timers) → open + load + engine ready, seconds,
+//!    the files on disk and the resident memory it took (for the log store, storing 1,000,000
+//!    battles also runs its compactions);
+//! 2. event throughput through the engine with the store versus the ephemeral store, in the
 //!    same run (full webhook lifecycle events, many concurrent callers, so group commit works).
 
 use std::sync::Arc;
@@ -12,7 +16,28 @@ use std::time::Instant;
 use livebattle_engine::{
     Battle, Created, Engine, Event, State, Store, StoreOp, Timer, TimerKind, TokioClock,
 };
+use livebattle_store_log::LogStore;
 use livebattle_store_redb::RedbStore;
+
+/// A durable store by name, opened on `dir`.
+fn open(store: &str, dir: &std::path::Path) -> Arc<dyn Store> {
+    match store {
+        "redb" => Arc::new(RedbStore::open(dir).expect("open redb")),
+        _ => Arc::new(LogStore::open(dir).expect("open the log store")),
+    }
+}
+
+/// Bytes of the files in `dir`.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -51,12 +76,12 @@ fn stored_battle(i: usize, now: i64) -> Battle {
     b
 }
 
-async fn recovery(n: usize) {
+async fn recovery(name: &str, n: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let now = TokioClock::system();
     let now_ms = livebattle_engine::Clock::now_ms(&now);
     {
-        let store = RedbStore::open(dir.path()).expect("open");
+        let store = open(name, dir.path());
         let t = Instant::now();
         for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {
             let ops = chunk
@@ -68,16 +93,15 @@ async fn recovery(n: usize) {
                 .collect();
             store.write(ops).await.expect("write");
         }
+        let stored_s = t.elapsed().as_secs_f64();
+        drop(store);
         println!(
-            "recovery: stored {n} battles in {:.2} s ({} MiB on disk)",
-            t.elapsed().as_secs_f64(),
-            std::fs::metadata(store.path())
-                .map(|m| m.len() >> 20)
-                .unwrap_or(0)
+            "recovery ({name}): stored {n} battles in {stored_s:.2} s ({} MiB on disk)",
+            disk_bytes(dir.path()) >> 20
         );
     }
     let t = Instant::now();
-    let store = RedbStore::open(dir.path()).expect("reopen");
+    let store = open(name, dir.path());
     let loaded = store.load().await.expect("load");
     let load_s = t.elapsed().as_secs_f64();
     drop(loaded);
@@ -85,7 +109,7 @@ async fn recovery(n: usize) {
     let rss0 = rss_bytes();
     // What a restart does: open the data dir, load, rebuild every battle and timer.
     let t = Instant::now();
-    let store = RedbStore::open(dir.path()).expect("reopen");
+    let store = open(name, dir.path());
     let engine = Engine::builder()
         .store(store)
         .clock(TokioClock::system())
@@ -97,23 +121,19 @@ async fn recovery(n: usize) {
     assert_eq!(engine.battle_count(), n);
     assert_eq!(engine.metrics().battles_in(State::Running) as usize, n);
     println!(
-        "recovery: load alone {load_s:.2} s; open + load + rebuild {n} battles and timers, ready to serve: {ready_s:.2} s; RSS +{} MiB",
+        "recovery ({name}): load alone {load_s:.2} s; open + load + rebuild {n} battles and timers, ready to serve: {ready_s:.2} s; RSS +{} MiB",
         rss_bytes().saturating_sub(rss0) >> 20
     );
     engine.shutdown().await;
 }
 
-async fn throughput(
-    label: &'static str,
-    engine: Engine,
-    battles: usize,
-    concurrency: usize,
-) -> f64 {
+async fn throughput(label: &str, engine: Engine, battles: usize, concurrency: usize) -> f64 {
     let t = Instant::now();
     let per_task = battles / concurrency;
     let mut tasks = Vec::new();
     for task in 0..concurrency {
         let engine = engine.clone();
+        let label = label.to_owned();
         tasks.push(tokio::spawn(async move {
             for j in 0..per_task {
                 let id = format!("{label}-{task}-{j}");
@@ -147,13 +167,24 @@ async fn throughput(
 fn main() {
     let smoke = std::env::var("LIVEBATTLE_BENCH_SMOKE").is_ok_and(|v| v == "1");
     let n = if smoke { 10_000 } else { 1_000_000 };
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--store")
+        .and_then(|i| args.get(i + 1).cloned());
+    let stores: Vec<&str> = ["log", "redb"]
+        .into_iter()
+        .filter(|s| only.as_deref().is_none_or(|o| o == *s))
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        recovery(n).await;
-        if std::env::args().any(|a| a == "--recovery-only") {
+        for store in &stores {
+            recovery(store, n).await;
+        }
+        if args.iter().any(|a| a == "--recovery-only") {
             return;
         }
         let (battles, concurrency) = if smoke { (2_000, 64) } else { (100_000, 256) };
@@ -163,17 +194,19 @@ fn main() {
             .await
             .expect("engine");
         let mem = throughput("in-memory", memory, battles, concurrency).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let durable = Engine::builder()
-            .store(RedbStore::open(dir.path()).expect("open"))
-            .replay_capacity(100_000)
-            .start()
-            .await
-            .expect("engine");
-        let dur = throughput("redb", durable, battles, concurrency).await;
-        println!(
-            "throughput: durable / in-memory = {:.0}%",
-            100.0 * dur / mem
-        );
+        for store in &stores {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let durable = Engine::builder()
+                .store(open(store, dir.path()))
+                .replay_capacity(100_000)
+                .start()
+                .await
+                .expect("engine");
+            let dur = throughput(store, durable, battles, concurrency).await;
+            println!(
+                "throughput: {store} / in-memory = {:.0}%",
+                100.0 * dur / mem
+            );
+        }
     });
 }
