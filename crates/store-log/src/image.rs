@@ -13,20 +13,33 @@ use crate::files::{self, Kind, Plan};
 use crate::frame::{self, Ending};
 use crate::record::{self, Raw, Records};
 
+/// The hasher of the store's maps (ids are attacker-influenced: seeded per process).
+pub(crate) type Hasher = foldhash::fast::RandomState;
+
+/// Where a record's bytes are: a frame payload of [`Image::chunks`], and the span in it.
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    chunk: u32,
+    start: u32,
+    len: u32,
+}
+
 /// A battle's latest record.
 struct Entry {
     version: u64,
     /// The whole `Put` record.
-    record: Box<[u8]>,
+    record: Loc,
 }
 
-/// The stored state, as records.
+/// The stored state, as records. The frames read are kept whole (one allocation per frame, not
+/// per record); the maps point into them.
 #[derive(Default)]
 pub(crate) struct Image {
-    battles: HashMap<Box<str>, Entry>,
-    evicted: HashMap<Box<str>, i64>,
+    chunks: Vec<Box<[u8]>>,
+    battles: HashMap<Arc<str>, Entry, Hasher>,
+    evicted: HashMap<Arc<str>, i64, Hasher>,
     /// seq → the whole `Notify` record.
-    notifications: BTreeMap<u64, Box<[u8]>>,
+    notifications: BTreeMap<u64, Loc>,
 }
 
 /// What to do about a torn tail at the end of the last log.
@@ -40,39 +53,57 @@ pub(crate) enum Tail {
     MustBeClean,
 }
 
-impl Image {
-    fn apply(&mut self, raw: Raw<'_>, whole: &[u8]) {
-        match raw {
-            Raw::Put { id, version, .. } => {
-                self.evicted.remove(id);
-                self.battles.insert(
-                    id.into(),
-                    Entry {
-                        version,
-                        record: whole.into(),
-                    },
-                );
-            }
-            Raw::Evict { id, forget_at_ms } => {
-                self.battles.remove(id);
-                self.evicted.insert(id.into(), forget_at_ms);
-            }
-            Raw::Forget { id } => {
-                self.evicted.remove(id);
-            }
-            Raw::Notify {
-                seq, keep_from_seq, ..
-            } => {
-                self.notifications.insert(seq, whole.into());
-                while let Some(first) = self.notifications.first_entry() {
-                    if *first.key() >= keep_from_seq {
-                        break;
-                    }
-                    first.remove();
+/// Applies one record to the maps.
+fn apply(
+    battles: &mut HashMap<Arc<str>, Entry, Hasher>,
+    evicted: &mut HashMap<Arc<str>, i64, Hasher>,
+    notifications: &mut BTreeMap<u64, Loc>,
+    raw: Raw<'_>,
+    at: Loc,
+) {
+    match raw {
+        Raw::Put { id, version, .. } => {
+            evicted.remove(id);
+            let entry = Entry {
+                version,
+                record: at,
+            };
+            match battles.get_mut(id) {
+                Some(e) => *e = entry,
+                None => {
+                    battles.insert(Arc::from(id), entry);
                 }
             }
-            Raw::End { .. } => {}
         }
+        Raw::Evict { id, forget_at_ms } => {
+            let key = battles
+                .remove_entry(id)
+                .map_or_else(|| Arc::from(id), |(k, _)| k);
+            evicted.insert(key, forget_at_ms);
+        }
+        Raw::Forget { id } => {
+            evicted.remove(id);
+        }
+        Raw::Notify {
+            seq, keep_from_seq, ..
+        } => {
+            notifications.insert(seq, at);
+            while let Some(first) = notifications.first_entry() {
+                if *first.key() >= keep_from_seq {
+                    break;
+                }
+                first.remove();
+            }
+        }
+        Raw::End { .. } => {}
+    }
+}
+
+impl Image {
+    /// The bytes at `at`.
+    fn bytes(&self, at: Loc) -> &[u8] {
+        let start = at.start as usize;
+        &self.chunks[at.chunk as usize][start..start + at.len as usize]
     }
 
     /// Replays the plan's snapshot and logs in `dir`.
@@ -148,11 +179,25 @@ impl Image {
             .len();
         let mut r = BufReader::with_capacity(1 << 20, file);
         files::check_header(&mut r, p, kind, number)?;
+        let Image {
+            chunks,
+            battles,
+            evicted,
+            notifications,
+        } = self;
         frame::read(r, files::HEADER_LEN, len, |payload| {
-            for item in Records::new(payload) {
+            let chunk = u32::try_from(chunks.len()).map_err(|_| "too many frames")?;
+            chunks.push(payload.into());
+            let kept = &chunks[chunk as usize];
+            for item in Records::new(kept) {
                 let (raw, whole) = item?;
                 check(&raw)?;
-                self.apply(raw, whole);
+                let at = Loc {
+                    chunk,
+                    start: (whole.as_ptr() as usize - kept.as_ptr() as usize) as u32,
+                    len: whole.len() as u32,
+                };
+                apply(battles, evicted, notifications, raw, at);
             }
             Ok(())
         })
@@ -160,11 +205,10 @@ impl Image {
     }
 
     /// Every battle's version (what compare-and-set checks against).
-    pub(crate) fn versions(&self) -> HashMap<Arc<str>, u64> {
-        self.battles
-            .iter()
-            .map(|(id, e)| (Arc::from(&**id), e.version))
-            .collect()
+    pub(crate) fn versions(&self) -> HashMap<Arc<str>, u64, Hasher> {
+        let mut out = HashMap::with_capacity_and_hasher(self.battles.len(), Hasher::default());
+        out.extend(self.battles.iter().map(|(id, e)| (id.clone(), e.version)));
+        out
     }
 
     /// Writes the image as snapshot `number`: to a temporary file, synced, then renamed into
@@ -190,8 +234,12 @@ impl Image {
         let mut rows = self
             .battles
             .values()
-            .map(|e| Row::Record(&e.record))
-            .chain(self.notifications.values().map(|r| Row::Record(r)))
+            .map(|e| Row::Record(self.bytes(e.record)))
+            .chain(
+                self.notifications
+                    .values()
+                    .map(|&r| Row::Record(self.bytes(r))),
+            )
             .chain(self.evicted.iter().map(|(id, ms)| Row::Evicted(id, *ms)));
         let mut records = 0u64;
         let mut buf = Vec::with_capacity(CHUNK * 2);
@@ -234,7 +282,11 @@ impl Image {
     /// Decodes the image for the engine (battles in parallel: decoding dominates).
     pub(crate) fn into_loaded(self, dir: &Path) -> Result<Loaded, StoreError> {
         let bad = |e: String| files::err(dir, format!("holds a record that {e}"));
-        let rows: Vec<&[u8]> = self.battles.values().map(|e| &*e.record).collect();
+        let rows: Vec<&[u8]> = self
+            .battles
+            .values()
+            .map(|e| self.bytes(e.record))
+            .collect();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 8);
@@ -257,8 +309,10 @@ impl Image {
             battles.extend(part.map_err(bad)?);
         }
         let mut notifications = Vec::with_capacity(self.notifications.len());
-        for row in self.notifications.values() {
-            if let Some(Ok((Raw::Notify { seq, body, .. }, _))) = Records::new(row).next() {
+        for &at in self.notifications.values() {
+            if let Some(Ok((Raw::Notify { seq, body, .. }, _))) =
+                Records::new(self.bytes(at)).next()
+            {
                 notifications.push(record::decode_notification(seq, body).map_err(bad)?);
             }
         }
@@ -266,8 +320,8 @@ impl Image {
             battles,
             evicted: self
                 .evicted
-                .into_iter()
-                .map(|(id, ms)| (Arc::from(id), ms))
+                .iter()
+                .map(|(id, &ms)| (id.clone(), ms))
                 .collect(),
             notifications,
         })

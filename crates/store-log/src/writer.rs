@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::files::{self, Kind, Plan};
 use crate::frame;
-use crate::image::{Image, Tail};
+use crate::image::{Hasher, Image, Tail};
 use crate::record;
 
 /// What the writer is asked to do.
@@ -30,6 +30,9 @@ pub(crate) enum Job {
 
 /// Where a write's outcome goes.
 type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// Battles' new versions (`None`: no longer stored).
+type Changes = HashMap<Arc<str>, Option<u64>, Hasher>;
 
 /// A compaction in progress: it writes snapshot `target` from the files before `log-target`.
 struct Compaction {
@@ -46,7 +49,7 @@ pub(crate) struct Writer {
     pub log_number: u64,
     pub log_len: u64,
     /// Each stored battle's version.
-    pub versions: HashMap<Arc<str>, u64>,
+    pub versions: HashMap<Arc<str>, u64, Hasher>,
     /// The snapshot the state starts from (0: none) and its size.
     pub snapshot: u64,
     pub snapshot_len: u64,
@@ -73,7 +76,7 @@ impl Writer {
         log: File,
         log_number: u64,
         log_len: u64,
-        versions: HashMap<Arc<str>, u64>,
+        versions: HashMap<Arc<str>, u64, Hasher>,
         snapshot: u64,
         snapshot_len: u64,
         logs_len: u64,
@@ -138,7 +141,7 @@ impl Writer {
         buf.clear();
         let at = frame::start(&mut buf);
         // Versions this group changes (None: no longer stored), applied once it is durable.
-        let mut changed: HashMap<Arc<str>, Option<u64>> = HashMap::new();
+        let mut changed: Changes = HashMap::default();
         let mut accepted = Vec::with_capacity(group.len());
         for (ops, reply) in group {
             let mark = buf.len();
@@ -183,12 +186,8 @@ impl Writer {
 
     /// The version changes a batch makes, if every `Put`'s expected version holds against the
     /// store with `changed` (the group's earlier batches) on top.
-    fn check(
-        &self,
-        ops: &[StoreOp],
-        changed: &HashMap<Arc<str>, Option<u64>>,
-    ) -> Result<HashMap<Arc<str>, Option<u64>>, StoreError> {
-        let mut batch: HashMap<Arc<str>, Option<u64>> = HashMap::new();
+    fn check(&self, ops: &[StoreOp], changed: &Changes) -> Result<Changes, StoreError> {
+        let mut batch = Changes::default();
         for op in ops {
             match op {
                 StoreOp::Put {
