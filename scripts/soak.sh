@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak: the simulator against the real release server for SOAK_SECS (default 600), with battles
 # of realistic lengths, a short retention so ended battles are evicted during the run, and the
-# server's resident memory sampled every SOAK_SAMPLE_SECS. Exits non-zero on any simulator error
+# server's resident memory (and the data dir's size on disk) sampled every SOAK_SAMPLE_SECS. Exits non-zero on any simulator error
 # or verification mismatch (never on a figure).
 #
 #   bash scripts/soak.sh                          # 10 minutes
@@ -74,7 +74,7 @@ done
 
 {
   echo "# soak: $(date -u +%FT%TZ), storage=$storage, rate=$rate battles/s for ${create_secs} s, durations ${min_ms}..${max_ms} ms, retention ${retention} s, server flags: ${SOAK_SERVER_ARGS:-none}, $(nproc) CPUs"
-  echo "# elapsed_s  rss_mib  battles_live  battles_ended  evicted_total  events_total"
+  echo "# elapsed_s  rss_mib  disk_mib  battles_live  battles_ended  evicted_total  events_total"
 } >"$out"
 metric() { sed -n "s/^$1 //p" "$work/metrics" | head -n 1; }
 (
@@ -86,8 +86,9 @@ metric() { sed -n "s/^$1 //p" "$work/metrics" | head -n 1; }
     for s in pending awaiting_response running; do
       n=$(metric "livebattle_battles{state=\"$s\"}"); live=$((live + ${n:-0}))
     done
-    printf '%10d  %7.1f  %12d  %13s  %13s  %12s\n' "$(( $(date +%s) - t0 ))" \
-      "$(echo "$rss_kib / 1024" | bc -l)" "$live" "$(metric 'livebattle_battles{state="ended"}')" \
+    disk_mib=$(du -sm "$work/data" 2>/dev/null | cut -f1 || true)
+    printf '%10d  %7.1f  %8s  %12d  %13s  %13s  %12s\n' "$(( $(date +%s) - t0 ))" \
+      "$(echo "$rss_kib / 1024" | bc -l)" "${disk_mib:--}" "$live" "$(metric 'livebattle_battles{state="ended"}')" \
       "$(metric livebattle_battles_evicted_total)" "$(metric livebattle_events_total)" >>"$out"
     sleep "$sample"
   done
