@@ -394,3 +394,43 @@ pub fn init_logging(format: LogFormat) {
         eprintln!("livebattle: logging not initialised: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_durable_store_follows_the_data_dir_and_refuses_the_other_ones_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(durable_store(d, None), Ok(DurableStore::Log), "a new dir");
+        assert_eq!(
+            durable_store(d, Some(DurableStore::Redb)),
+            Ok(DurableStore::Redb)
+        );
+
+        std::fs::write(d.join(livebattle_store_redb::FILE_NAME), b"").unwrap();
+        assert_eq!(
+            durable_store(d, None),
+            Ok(DurableStore::Redb),
+            "a redb dir stays redb"
+        );
+        let e = durable_store(d, Some(DurableStore::Log)).unwrap_err().0;
+        assert!(
+            e.contains("livebattle.redb") && e.contains("--durable-store redb"),
+            "{e}"
+        );
+
+        std::fs::write(d.join("log-00000000000000000001"), b"").unwrap();
+        let e = durable_store(d, None).unwrap_err().0;
+        assert!(e.contains("both"), "{e}");
+
+        std::fs::remove_file(d.join(livebattle_store_redb::FILE_NAME)).unwrap();
+        assert_eq!(durable_store(d, None), Ok(DurableStore::Log));
+        let e = durable_store(d, Some(DurableStore::Redb)).unwrap_err().0;
+        assert!(
+            e.contains("holds a log store") && e.contains("--durable-store log"),
+            "{e}"
+        );
+    }
+}

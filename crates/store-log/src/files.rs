@@ -110,13 +110,23 @@ pub(crate) fn create(dir: &Path, kind: Kind, number: u64) -> Result<File, StoreE
     f.write_all(&header(kind, number))
         .and_then(|()| f.sync_all())
         .map_err(fail)?;
-    if p.exists() {
-        return Err(err(&p, "exists already"));
+    match std::fs::metadata(&p) {
+        // A header-only file of this name is what a rotation that failed after its rename
+        // leaves: it holds nothing, and it goes.
+        Ok(m) if m.len() == HEADER_LEN => {}
+        Ok(_) => return Err(err(&p, "exists already, with data")),
+        Err(_) => {}
     }
     std::fs::rename(&tmp, &p).map_err(|e| err(&p, format!("cannot be put in place: {e}")))?;
-    sync_dir(dir)?;
-    f.seek(SeekFrom::End(0))
-        .map_err(|e| err(&p, format!("cannot be read: {e}")))?;
+    let placed = sync_dir(dir).and_then(|()| {
+        f.seek(SeekFrom::End(0))
+            .map_err(|e| err(&p, format!("cannot be read: {e}")))
+    });
+    if let Err(e) = placed {
+        // Not usable: take it away again, so the state's last log stays the previous one.
+        let _ = std::fs::remove_file(&p);
+        return Err(e);
+    }
     Ok(f)
 }
 

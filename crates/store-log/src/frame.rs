@@ -1,17 +1,21 @@
-//! Frames: `[len: u32 LE][crc32: u32 LE][payload]`, the unit one write makes durable.
+//! Frames: `[len: u32 LE][payload crc32: u32 LE][header crc32: u32 LE][payload]`, the unit one
+//! write makes durable. The header's own checksum (over `len` and the payload's checksum) keeps
+//! a damaged length from passing for a frame that runs past the end of the file.
 //!
-//! A log gets one frame per group commit, so a crash can tear only its last frame. Reading
-//! tells the three endings apart: clean; torn (the last frame runs past the end of the file,
-//! fails its checksum and ends exactly at the end of the file, or the file ends in zeros) —
-//! data never acknowledged; and corrupt (a bad frame with more data after it) — refused.
+//! A log gets one frame per group commit, so a crash can only damage the frames of its last
+//! write, at the end of the file — cut short, pages never written (zeros), or written out of
+//! order. Reading tells the endings apart: clean; **torn** (a bad frame with no good frame
+//! anywhere after it: data never acknowledged); **corrupt** (a bad frame with a good one after
+//! it: acknowledged data is damaged) — refused. A damaged last frame that was acknowledged
+//! cannot be told from a torn one; that is the limit of any log.
 
 use std::io::Read;
 
 use livebattle_engine::StoreError;
 
 /// Bytes before a frame's payload.
-pub(crate) const HEADER: usize = 8;
-/// The largest payload a reader accepts (a larger length is damage, not data).
+pub(crate) const HEADER: usize = 12;
+/// The largest payload (a larger length is damage, not data).
 const MAX_PAYLOAD: u64 = 1 << 30;
 
 /// Starts a frame at the end of `out`; returns where, for [`finish`].
@@ -21,13 +25,9 @@ pub(crate) fn start(out: &mut Vec<u8>) -> usize {
     at
 }
 
-/// Fills in the header of the frame started at `at` (its payload is the rest of `out`, never
-/// empty: an all-zero header reads as the end of the data).
+/// Fills in the header of the frame started at `at` (its payload is the rest of `out`).
 pub(crate) fn finish(out: &mut [u8], at: usize) -> Result<(), StoreError> {
     let payload = &out[at + HEADER..];
-    if payload.is_empty() {
-        return Err(StoreError("an empty frame".into()));
-    }
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|&n| u64::from(n) <= MAX_PAYLOAD)
@@ -35,7 +35,36 @@ pub(crate) fn finish(out: &mut [u8], at: usize) -> Result<(), StoreError> {
     let crc = crc32fast::hash(payload);
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
     out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    let head_crc = crc32fast::hash(&out[at..at + 8]);
+    out[at + 8..at + 12].copy_from_slice(&head_crc.to_le_bytes());
     Ok(())
+}
+
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// The payload length and checksum a header names, if the header is intact.
+fn header(head: &[u8; HEADER]) -> Option<(u64, u32)> {
+    let len = u64::from(le32(&head[0..4]));
+    (crc32fast::hash(&head[..8]) == le32(&head[8..12]) && len <= MAX_PAYLOAD)
+        .then(|| (len, le32(&head[4..8])))
+}
+
+/// Whether `bytes` starts with a whole, good frame.
+fn good_frame_at(bytes: &[u8]) -> bool {
+    let Some(head) = bytes
+        .get(..HEADER)
+        .and_then(|h| <&[u8; HEADER]>::try_from(h).ok())
+    else {
+        return false;
+    };
+    let Some((len, crc)) = header(head) else {
+        return false;
+    };
+    bytes
+        .get(HEADER..HEADER + len as usize)
+        .is_some_and(|p| crc32fast::hash(p) == crc)
 }
 
 /// How a file's frames ended.
@@ -48,67 +77,69 @@ pub(crate) enum Ending {
 }
 
 /// Reads the frames of `r` (positioned at `offset` of a file of `file_len` bytes), calling
-/// `each` with every good payload. `Err` is corruption (or an I/O error), with its offset.
+/// `each` with every good payload and its offset in the file. `Err` is corruption (or an I/O
+/// error), with its offset.
 pub(crate) fn read<R: Read>(
     mut r: R,
     mut offset: u64,
     file_len: u64,
-    mut each: impl FnMut(&[u8]) -> Result<(), String>,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), String>,
 ) -> Result<Ending, String> {
     let mut payload = Vec::new();
+    let io = |offset: u64| move |e: std::io::Error| format!("at byte {offset}: {e}");
     loop {
         let left = file_len.saturating_sub(offset);
         if left == 0 {
             return Ok(Ending::Clean);
         }
-        let torn = |why: String| {
-            Ok(Ending::Torn {
+        // What was read of the bad frame, to scan with the rest of the file.
+        let mut seen = Vec::new();
+        let why;
+        if left < HEADER as u64 {
+            why = format!("{left} bytes, less than a frame header");
+        } else {
+            let mut head = [0u8; HEADER];
+            r.read_exact(&mut head).map_err(io(offset))?;
+            match header(&head) {
+                Some((len, _)) if HEADER as u64 + len > left => {
+                    why = format!("a frame of {len} bytes with {} in the file", left - 12);
+                    seen.extend_from_slice(&head);
+                }
+                Some((len, crc)) => {
+                    payload.resize(len as usize, 0);
+                    r.read_exact(&mut payload).map_err(io(offset))?;
+                    if crc32fast::hash(&payload) == crc {
+                        let at = offset + HEADER as u64;
+                        each(at, &payload)
+                            .map_err(|e| format!("in the frame at byte {offset}: {e}"))?;
+                        offset = at + len;
+                        continue;
+                    }
+                    why = "a frame fails its checksum".into();
+                    seen.extend_from_slice(&head);
+                    seen.extend_from_slice(&payload);
+                }
+                None if head == [0; HEADER] => {
+                    why = "zeros where a frame should be".into();
+                    seen.extend_from_slice(&head);
+                }
+                None => {
+                    why = "a frame header fails its checksum".into();
+                    seen.extend_from_slice(&head);
+                }
+            }
+        }
+        r.read_to_end(&mut seen).map_err(io(offset))?;
+        return match (1..seen.len()).find(|&i| good_frame_at(&seen[i..])) {
+            Some(i) => Err(format!(
+                "at byte {offset}: {why}, and a good frame follows at byte {}",
+                offset + i as u64
+            )),
+            None => Ok(Ending::Torn {
                 valid_len: offset,
                 why,
-            })
+            }),
         };
-        if left < HEADER as u64 {
-            return torn(format!("{left} bytes, less than a frame header"));
-        }
-        let mut head = [0u8; HEADER];
-        r.read_exact(&mut head)
-            .map_err(|e| format!("at byte {offset}: {e}"))?;
-        let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if head == [0; HEADER] {
-            // A zero-filled tail (the file grew, its data never reached the disk)?
-            let mut rest = Vec::new();
-            r.read_to_end(&mut rest)
-                .map_err(|e| format!("at byte {offset}: {e}"))?;
-            if rest.iter().all(|&b| b == 0) {
-                return torn(format!("{left} zero bytes"));
-            }
-            return Err(format!("at byte {offset}: an empty frame followed by data"));
-        }
-        let end = offset + HEADER as u64 + len;
-        if end > file_len {
-            return torn(format!(
-                "a frame of {len} bytes with only {} in the file",
-                left - HEADER as u64
-            ));
-        }
-        if len > MAX_PAYLOAD {
-            return Err(format!("at byte {offset}: a frame length of {len} bytes"));
-        }
-        payload.resize(len as usize, 0);
-        r.read_exact(&mut payload)
-            .map_err(|e| format!("at byte {offset}: {e}"))?;
-        if crc32fast::hash(&payload) != crc {
-            if end == file_len {
-                return torn("the last frame fails its checksum".into());
-            }
-            return Err(format!(
-                "at byte {offset}: a frame fails its checksum and {} bytes follow it",
-                file_len - end
-            ));
-        }
-        each(&payload).map_err(|e| format!("in the frame at byte {offset}: {e}"))?;
-        offset = end;
     }
 }
 
@@ -128,15 +159,19 @@ mod tests {
 
     fn read_all(bytes: &[u8]) -> (Vec<Vec<u8>>, Result<Ending, String>) {
         let mut got = Vec::new();
-        let ending = read(bytes, 0, bytes.len() as u64, |p| {
+        let ending = read(bytes, 0, bytes.len() as u64, |_, p| {
             got.push(p.to_vec());
             Ok(())
         });
         (got, ending)
     }
 
+    fn torn_at(ending: &Result<Ending, String>, at: u64) -> bool {
+        matches!(ending, Ok(Ending::Torn { valid_len, .. }) if *valid_len == at)
+    }
+
     #[test]
-    fn frames_read_back_and_end_clean() {
+    fn frames_read_back_with_their_offsets_and_end_clean() {
         let bytes = frames(&[b"one", b"two", b"three"]);
         let (got, ending) = read_all(&bytes);
         assert_eq!(
@@ -144,6 +179,13 @@ mod tests {
             vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
         );
         assert_eq!(ending, Ok(Ending::Clean));
+        let mut at = Vec::new();
+        read(&bytes[..], 0, bytes.len() as u64, |o, _| {
+            at.push(o);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(at, vec![12, 27, 42]);
     }
 
     #[test]
@@ -153,41 +195,50 @@ mod tests {
         for cut in first_end as usize + 1..bytes.len() {
             let (got, ending) = read_all(&bytes[..cut]);
             assert_eq!(got, vec![b"first".to_vec()], "cut at {cut}");
-            assert!(
-                matches!(ending, Ok(Ending::Torn { valid_len, .. }) if valid_len == first_end),
-                "cut at {cut}: {ending:?}"
-            );
+            assert!(torn_at(&ending, first_end), "cut at {cut}: {ending:?}");
         }
     }
 
     #[test]
-    fn a_damaged_last_frame_or_a_zero_tail_is_torn() {
-        let mut bytes = frames(&[b"first", b"second"]);
-        let n = bytes.len();
-        bytes[n - 1] ^= 1;
-        let (_, ending) = read_all(&bytes);
-        assert!(matches!(ending, Ok(Ending::Torn { .. })), "{ending:?}");
+    fn a_last_write_with_pages_missing_in_any_order_is_torn() {
+        // The last write (one frame: a group commit) lost some of its pages, in any order.
+        let good = frames(&[b"acknowledged"]);
+        let last = frames(&[b"second, never acknowledged: the group commit of a crash"]);
+        for zeroed in [
+            0..4,
+            4..12,
+            0..12,
+            12..20,
+            30..50,
+            0..last.len(),
+            40..last.len(),
+        ] {
+            let mut bytes = [&good[..], &last[..]].concat();
+            bytes[good.len() + zeroed.start..good.len() + zeroed.end].fill(0);
+            let (got, ending) = read_all(&bytes);
+            assert_eq!(got[0], b"acknowledged".to_vec(), "{zeroed:?}");
+            assert!(ending.is_ok(), "zeroed {zeroed:?}: {ending:?}");
+        }
         let mut zeros = frames(&[b"first"]);
         zeros.extend_from_slice(&[0; 100]);
         let (got, ending) = read_all(&zeros);
         assert_eq!(got.len(), 1);
-        assert!(
-            matches!(ending, Ok(Ending::Torn { valid_len: 13, .. })),
-            "{ending:?}"
-        );
+        assert!(torn_at(&ending, 17), "{ending:?}");
     }
 
     #[test]
-    fn a_damaged_frame_with_data_after_it_is_corruption() {
-        let mut bytes = frames(&[b"first", b"second"]);
-        bytes[HEADER] ^= 1;
-        let (got, ending) = read_all(&bytes);
-        assert!(got.is_empty());
-        let e = ending.unwrap_err();
-        assert!(e.contains("at byte 0") && e.contains("checksum"), "{e}");
-        let mut nonzero = frames(&[b"first"]);
-        nonzero.extend_from_slice(&[0; 9]);
-        nonzero.push(7);
-        assert!(read_all(&nonzero).1.is_err());
+    fn damage_with_a_good_frame_after_it_is_corruption() {
+        // A payload byte, the length, the header's checksum: each damaged in the first frame.
+        for at in [HEADER, 0, 1, 9] {
+            let mut bytes = frames(&[b"first", b"second"]);
+            bytes[at] ^= 0x40;
+            let (got, ending) = read_all(&bytes);
+            assert!(got.is_empty(), "damage at {at}");
+            let e = ending.unwrap_err();
+            assert!(
+                e.contains("at byte 0") && e.contains("a good frame follows at byte 17"),
+                "{e}"
+            );
+        }
     }
 }

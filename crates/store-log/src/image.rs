@@ -1,11 +1,13 @@
-//! The state the files describe, as records: what replaying a snapshot and its logs gives, what a
-//! compaction writes back as the next snapshot, and what loading decodes for the engine.
+//! The state the files describe. Reading is two passes, so memory holds an index, never the
+//! records: [`Index::build`] reads every file once and keeps, per battle, its version and where
+//! its latest record is; [`Index::live`] reads the files again and hands over only those
+//! records — what a compaction writes as the next snapshot and what a load decodes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use livebattle_engine::{Battle, Loaded, StoreError};
 
@@ -13,39 +15,30 @@ use crate::files::{self, Kind, Plan};
 use crate::frame::{self, Ending};
 use crate::record::{self, Raw, Records};
 
-/// The hasher of the store's maps (ids are attacker-influenced: seeded per process).
+/// The hasher of the store's maps (ids come from outside: seeded per process).
 pub(crate) type Hasher = foldhash::fast::RandomState;
 
-/// Where a record's bytes are: a frame payload of [`Image::chunks`], and the span in it.
-#[derive(Clone, Copy, Debug)]
+/// Where a record is: a file (its index in [`Index::sources`]) and the record's offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
-    chunk: u32,
-    start: u32,
-    len: u32,
+    file: u32,
+    offset: u64,
 }
 
-/// A battle's latest record.
-struct Entry {
-    version: u64,
-    /// The whole `Put` record.
-    record: Loc,
+/// A file of the state, and how far its good data goes.
+struct Source {
+    path: PathBuf,
+    kind: Kind,
+    number: u64,
+    end: u64,
 }
 
-/// The stored state, as records. The frames read are kept whole (one allocation per frame, not
-/// per record); the maps point into them.
-#[derive(Default)]
-pub(crate) struct Image {
-    chunks: Vec<Box<[u8]>>,
-    battles: HashMap<Arc<str>, Entry, Hasher>,
-    evicted: HashMap<Arc<str>, i64, Hasher>,
-    /// seq → the whole `Notify` record.
-    notifications: BTreeMap<u64, Loc>,
-}
-
-/// What to do about a torn tail at the end of the last log.
+/// What to do about a torn tail (see `frame.rs`): allowed only in the last log, or in a log
+/// followed by logs that hold nothing but their header (a rotation's new log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tail {
-    /// Cut the file back to its last good frame (at open: the write was never acknowledged).
+    /// Cut the file back to its last good frame, keeping the cut bytes aside in
+    /// `log-N.torn-OFFSET` (at open: the write was never acknowledged).
     Truncate,
     /// Stop reading there, leave the file alone.
     Stop,
@@ -53,166 +46,182 @@ pub(crate) enum Tail {
     MustBeClean,
 }
 
-/// Applies one record to the maps.
-fn apply(
-    battles: &mut HashMap<Arc<str>, Entry, Hasher>,
-    evicted: &mut HashMap<Arc<str>, i64, Hasher>,
-    notifications: &mut BTreeMap<u64, Loc>,
-    raw: Raw<'_>,
-    at: Loc,
-) {
-    match raw {
-        Raw::Put { id, version, .. } => {
-            evicted.remove(id);
-            let entry = Entry {
-                version,
-                record: at,
-            };
-            match battles.get_mut(id) {
-                Some(e) => *e = entry,
-                None => {
-                    battles.insert(Arc::from(id), entry);
-                }
-            }
-        }
-        Raw::Evict { id, forget_at_ms } => {
-            let key = battles
-                .remove_entry(id)
-                .map_or_else(|| Arc::from(id), |(k, _)| k);
-            evicted.insert(key, forget_at_ms);
-        }
-        Raw::Forget { id } => {
-            evicted.remove(id);
-        }
-        Raw::Notify {
-            seq, keep_from_seq, ..
-        } => {
-            notifications.insert(seq, at);
-            while let Some(first) = notifications.first_entry() {
-                if *first.key() >= keep_from_seq {
-                    break;
-                }
-                first.remove();
-            }
-        }
-        Raw::End { .. } => {}
-    }
+/// The stored state as an index of its live records.
+pub(crate) struct Index {
+    sources: Vec<Source>,
+    /// Each battle's version and latest `Put` record.
+    battles: HashMap<Arc<str>, (u64, Loc), Hasher>,
+    evicted: HashMap<Arc<str>, i64, Hasher>,
+    /// seq → its `Notify` record.
+    notifications: BTreeMap<u64, Loc>,
 }
 
-impl Image {
-    /// The bytes at `at`.
-    fn bytes(&self, at: Loc) -> &[u8] {
-        let start = at.start as usize;
-        &self.chunks[at.chunk as usize][start..start + at.len as usize]
-    }
-
-    /// Replays the plan's snapshot and logs in `dir`.
-    pub(crate) fn replay(dir: &Path, plan: &Plan, tail: Tail) -> Result<Image, StoreError> {
-        let mut image = Image::default();
+impl Index {
+    /// Pass one: reads the plan's snapshot and logs in `dir`.
+    pub(crate) fn build(dir: &Path, plan: &Plan, tail: Tail) -> Result<Index, StoreError> {
+        let mut index = Index {
+            sources: Vec::new(),
+            battles: HashMap::default(),
+            evicted: HashMap::default(),
+            notifications: BTreeMap::new(),
+        };
+        let size = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|e| files::err(p, format!("cannot be read: {e}")))
+        };
         if plan.snapshot > 0 {
-            let p = files::path(dir, Kind::Snapshot, plan.snapshot);
-            let mut ended = None;
-            let mut count = 0u64;
-            let ending = image.read(&p, Kind::Snapshot, plan.snapshot, |raw| {
-                if ended.is_some() {
-                    return Err("records after the end record".into());
-                }
-                match raw {
-                    Raw::End { records } => ended = Some(*records),
-                    _ => count += 1,
-                }
-                Ok(())
-            })?;
-            if ending != Ending::Clean || ended != Some(count) {
-                return Err(files::err(
-                    &p,
-                    "is incomplete or damaged (restore the directory from a backup)",
-                ));
-            }
+            let path = files::path(dir, Kind::Snapshot, plan.snapshot);
+            let end = size(&path)?;
+            index.sources.push(Source {
+                path,
+                kind: Kind::Snapshot,
+                number: plan.snapshot,
+                end,
+            });
         }
-        for (i, &n) in plan.logs.iter().enumerate() {
-            let p = files::path(dir, Kind::Log, n);
-            let ending = image.read(&p, Kind::Log, n, |raw| match raw {
-                Raw::End { .. } => Err("an end record in a log".into()),
-                _ => Ok(()),
-            })?;
-            let Ending::Torn { valid_len, why } = ending else {
-                continue;
-            };
-            let last = i + 1 == plan.logs.len();
-            match tail {
-                Tail::Truncate if last => {
-                    tracing::warn!(
-                        path = %p.display(), valid_len, %why,
-                        "the last write was torn (never acknowledged); cutting it off"
-                    );
-                    let cut = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&p)
-                        .and_then(|f| f.set_len(valid_len).and_then(|()| f.sync_all()));
-                    cut.map_err(|e| files::err(&p, format!("cannot cut a torn tail: {e}")))?;
-                }
-                Tail::Stop if last => {}
-                _ => {
-                    return Err(files::err(
-                        &p,
-                        format!("is damaged at byte {valid_len}: {why}"),
-                    ))
-                }
-            }
+        for &n in &plan.logs {
+            let path = files::path(dir, Kind::Log, n);
+            let end = size(&path)?;
+            index.sources.push(Source {
+                path,
+                kind: Kind::Log,
+                number: n,
+                end,
+            });
         }
-        Ok(image)
+        for i in 0..index.sources.len() {
+            index.scan(i, tail)?;
+        }
+        Ok(index)
     }
 
-    /// Reads one file's records into the image, checking each with `check` first.
-    fn read(
-        &mut self,
-        p: &Path,
-        kind: Kind,
-        number: u64,
-        mut check: impl FnMut(&Raw<'_>) -> Result<(), String>,
-    ) -> Result<Ending, StoreError> {
-        let file = File::open(p).map_err(|e| files::err(p, format!("cannot be opened: {e}")))?;
-        let len = file
-            .metadata()
-            .map_err(|e| files::err(p, format!("cannot be read: {e}")))?
-            .len();
-        let mut r = BufReader::with_capacity(1 << 20, file);
-        files::check_header(&mut r, p, kind, number)?;
-        let Image {
-            chunks,
+    /// Pass one over source `i`.
+    fn scan(&mut self, i: usize, tail: Tail) -> Result<(), StoreError> {
+        let Index {
+            sources,
             battles,
             evicted,
             notifications,
         } = self;
-        frame::read(r, files::HEADER_LEN, len, |payload| {
-            let chunk = u32::try_from(chunks.len()).map_err(|_| "too many frames")?;
-            chunks.push(payload.into());
-            let kept = &chunks[chunk as usize];
-            for item in Records::new(kept) {
-                let (raw, whole) = item?;
-                check(&raw)?;
-                let at = Loc {
-                    chunk,
-                    start: (whole.as_ptr() as usize - kept.as_ptr() as usize) as u32,
-                    len: whole.len() as u32,
-                };
-                apply(battles, evicted, notifications, raw, at);
+        let source = &sources[i];
+        let snapshot = source.kind == Kind::Snapshot;
+        let mut ended = None;
+        let mut count = 0u64;
+        let file = i as u32;
+        let ending = read(source, |offset, raw| {
+            if ended.is_some() {
+                return Err("records after the end record".into());
             }
+            let at = Loc { file, offset };
+            match raw {
+                Raw::Put { id, version, .. } => {
+                    evicted.remove(id);
+                    match battles.get_mut(id) {
+                        Some(e) => *e = (version, at),
+                        None => {
+                            battles.insert(Arc::from(id), (version, at));
+                        }
+                    }
+                }
+                Raw::Evict { id, forget_at_ms } => {
+                    let key = battles
+                        .remove_entry(id)
+                        .map_or_else(|| Arc::from(id), |(k, _)| k);
+                    evicted.insert(key, forget_at_ms);
+                }
+                Raw::Forget { id } => {
+                    evicted.remove(id);
+                }
+                Raw::Notify {
+                    seq, keep_from_seq, ..
+                } => {
+                    notifications.insert(seq, at);
+                    while let Some(first) = notifications.first_entry() {
+                        if *first.key() >= keep_from_seq {
+                            break;
+                        }
+                        first.remove();
+                    }
+                }
+                Raw::End { records } if snapshot => ended = Some(records),
+                Raw::End { .. } => return Err("an end record in a log".into()),
+            }
+            count += u64::from(!matches!(raw, Raw::End { .. }));
             Ok(())
-        })
-        .map_err(|e| files::err(p, format!("is corrupt {e} (restore from a backup)")))
+        })?;
+        if snapshot {
+            if ending != Ending::Clean || ended != Some(count) {
+                return Err(files::err(
+                    &source.path,
+                    "is incomplete or damaged (restore the directory from a backup)",
+                ));
+            }
+            return Ok(());
+        }
+        let Ending::Torn { valid_len, why } = ending else {
+            return Ok(());
+        };
+        let only_headers_after = sources[i + 1..].iter().all(|s| s.end == files::HEADER_LEN);
+        let p = source.path.clone();
+        match tail {
+            Tail::Truncate if only_headers_after => {
+                let mut aside = p.clone().into_os_string();
+                aside.push(format!(".torn-{valid_len}"));
+                tracing::warn!(
+                    path = %p.display(), valid_len, %why, aside = ?aside,
+                    "the last write was torn (never acknowledged); cutting it off"
+                );
+                cut(&p, valid_len, Path::new(&aside))
+                    .map_err(|e| files::err(&p, format!("cannot cut a torn tail: {e}")))?;
+            }
+            Tail::Stop if only_headers_after => {}
+            _ => {
+                return Err(files::err(
+                    &p,
+                    format!("is damaged at byte {valid_len}: {why}"),
+                ))
+            }
+        }
+        sources[i].end = valid_len;
+        Ok(())
+    }
+
+    /// Pass two: every live battle's and notification's record, in file order.
+    fn live(
+        &self,
+        mut emit: impl FnMut(Raw<'_>, &[u8]) -> Result<(), String>,
+    ) -> Result<(), StoreError> {
+        for (i, source) in self.sources.iter().enumerate() {
+            let file = i as u32;
+            let ending = read_whole(source, |offset, raw, whole| {
+                let at = Some(Loc { file, offset });
+                let wanted = match raw {
+                    Raw::Put { id, .. } => self.battles.get(id).map(|e| e.1) == at,
+                    Raw::Notify { seq, .. } => self.notifications.get(&seq).copied() == at,
+                    _ => false,
+                };
+                if wanted {
+                    emit(raw, whole)?;
+                }
+                Ok(())
+            })?;
+            if ending != Ending::Clean {
+                return Err(files::err(&source.path, "changed while it was read"));
+            }
+        }
+        Ok(())
     }
 
     /// Every battle's version (what compare-and-set checks against).
     pub(crate) fn versions(&self) -> HashMap<Arc<str>, u64, Hasher> {
         let mut out = HashMap::with_capacity_and_hasher(self.battles.len(), Hasher::default());
-        out.extend(self.battles.iter().map(|(id, e)| (id.clone(), e.version)));
+        out.extend(self.battles.iter().map(|(id, e)| (id.clone(), e.0)));
         out
     }
 
-    /// Writes the image as snapshot `number`: to a temporary file, synced, then renamed into
-    /// place (with `rename` holding the caller's lock). Returns its size.
+    /// Writes the state as snapshot `number`: to a temporary file, synced, then renamed into
+    /// place (by `rename`, which holds the caller's lock). Returns its size.
     pub(crate) fn write_snapshot(
         &self,
         dir: &Path,
@@ -220,10 +229,6 @@ impl Image {
         rename: impl FnOnce(&dyn Fn() -> Result<(), StoreError>) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         const CHUNK: usize = 1 << 20;
-        enum Row<'a> {
-            Record(&'a [u8]),
-            Evicted(&'a str, i64),
-        }
         let tmp = files::temp_path(dir, Kind::Snapshot, number);
         let fail = |e: std::io::Error| files::err(&tmp, format!("cannot be written: {e}"));
         let file = File::create(&tmp).map_err(fail)?;
@@ -231,43 +236,33 @@ impl Image {
         w.write_all(&files::header(Kind::Snapshot, number))
             .map_err(fail)?;
         let mut size = files::HEADER_LEN;
-        let mut rows = self
-            .battles
-            .values()
-            .map(|e| Row::Record(self.bytes(e.record)))
-            .chain(
-                self.notifications
-                    .values()
-                    .map(|&r| Row::Record(self.bytes(r))),
-            )
-            .chain(self.evicted.iter().map(|(id, ms)| Row::Evicted(id, *ms)));
         let mut records = 0u64;
         let mut buf = Vec::with_capacity(CHUNK * 2);
-        loop {
-            buf.clear();
-            let at = frame::start(&mut buf);
-            let mut last = true;
-            for row in rows.by_ref() {
-                match row {
-                    Row::Record(bytes) => buf.extend_from_slice(bytes),
-                    Row::Evicted(id, ms) => record::evict(&mut buf, id, ms)?,
-                }
-                records += 1;
-                if buf.len() >= CHUNK {
-                    last = false;
-                    break;
-                }
-            }
-            if last {
-                record::end(&mut buf, records)?;
-            }
-            frame::finish(&mut buf, at)?;
-            w.write_all(&buf).map_err(fail)?;
+        let mut at = frame::start(&mut buf);
+        let mut flush = |buf: &mut Vec<u8>, at: usize| -> Result<usize, String> {
+            frame::finish(buf, at).map_err(|e| e.0)?;
+            w.write_all(buf).map_err(|e| fail(e).0)?;
             size += buf.len() as u64;
-            if last {
-                break;
+            buf.clear();
+            Ok(frame::start(buf))
+        };
+        self.live(|_, whole| {
+            buf.extend_from_slice(whole);
+            records += 1;
+            if buf.len() >= CHUNK {
+                at = flush(&mut buf, at)?;
+            }
+            Ok(())
+        })?;
+        for (id, ms) in &self.evicted {
+            record::evict(&mut buf, id, *ms)?;
+            records += 1;
+            if buf.len() >= CHUNK {
+                at = flush(&mut buf, at).map_err(StoreError)?;
             }
         }
+        record::end(&mut buf, records)?;
+        flush(&mut buf, at).map_err(StoreError)?;
         let file = w.into_inner().map_err(|e| fail(e.into_error()))?;
         file.sync_all().map_err(fail)?;
         let done = files::path(dir, Kind::Snapshot, number);
@@ -279,42 +274,55 @@ impl Image {
         Ok(size)
     }
 
-    /// Decodes the image for the engine (battles in parallel: decoding dominates).
+    /// Decodes the state for the engine: pass two feeds blocks of battle records to one
+    /// decoding thread per CPU (decoding dominates), a few MiB in flight at a time.
     pub(crate) fn into_loaded(self, dir: &Path) -> Result<Loaded, StoreError> {
+        const BLOCK: usize = 1 << 22;
         let bad = |e: String| files::err(dir, format!("holds a record that {e}"));
-        let rows: Vec<&[u8]> = self
-            .battles
-            .values()
-            .map(|e| self.bytes(e.record))
-            .collect();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 8);
-        let chunk = rows.len().div_ceil(threads).max(1);
-        let parts: Vec<Result<Vec<Battle>, String>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = rows
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(|r| decode_put(r)).collect()))
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(threads * 2);
+        let rx = Mutex::new(rx);
+        let mut notifications = Vec::with_capacity(self.notifications.len());
+        let (fed, parts) = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| scope.spawn(|| decode_blocks(&rx)))
                 .collect();
-            workers
+            let mut block = Vec::with_capacity(BLOCK + (1 << 16));
+            let fed = self.live(|raw, whole| {
+                match raw {
+                    Raw::Put { .. } => {
+                        block.extend_from_slice(whole);
+                        if block.len() >= BLOCK {
+                            tx.send(std::mem::take(&mut block))
+                                .map_err(|_| "could not be handed to a decoder".to_string())?;
+                        }
+                    }
+                    Raw::Notify { seq, body, .. } => {
+                        notifications.push(record::decode_notification(seq, body)?);
+                    }
+                    _ => {}
+                }
+                Ok(())
+            });
+            if !block.is_empty() {
+                let _ = tx.send(block);
+            }
+            drop(tx);
+            let parts: Vec<Result<Vec<Battle>, String>> = workers
                 .into_iter()
                 .map(|w| {
                     w.join()
                         .unwrap_or_else(|_| Err("panicked a decoding thread".into()))
                 })
-                .collect()
+                .collect();
+            (fed, parts)
         });
-        let mut battles = Vec::with_capacity(rows.len());
+        fed?;
+        let mut battles = Vec::with_capacity(self.battles.len());
         for part in parts {
             battles.extend(part.map_err(bad)?);
-        }
-        let mut notifications = Vec::with_capacity(self.notifications.len());
-        for &at in self.notifications.values() {
-            if let Some(Ok((Raw::Notify { seq, body, .. }, _))) =
-                Records::new(self.bytes(at)).next()
-            {
-                notifications.push(record::decode_notification(seq, body).map_err(bad)?);
-            }
         }
         Ok(Loaded {
             battles,
@@ -328,9 +336,76 @@ impl Image {
     }
 }
 
-fn decode_put(row: &[u8]) -> Result<Battle, String> {
-    match Records::new(row).next() {
-        Some(Ok((Raw::Put { id, body, .. }, _))) => record::decode_battle(id, body),
-        other => Err(format!("should be a battle but is {other:?}")),
+/// A decoding thread: battles from the blocks it takes, until the channel closes. After an
+/// error it keeps taking blocks (so the reader never waits on it) and reports the first error.
+fn decode_blocks(rx: &Mutex<std::sync::mpsc::Receiver<Vec<u8>>>) -> Result<Vec<Battle>, String> {
+    let mut out = Vec::new();
+    let mut failed = None;
+    loop {
+        let block = match rx.lock().unwrap_or_else(PoisonError::into_inner).recv() {
+            Ok(block) => block,
+            Err(_) => break,
+        };
+        if failed.is_some() {
+            continue;
+        }
+        for item in Records::new(&block) {
+            let decoded = item.and_then(|(raw, _)| match raw {
+                Raw::Put { id, body, .. } => record::decode_battle(id, body),
+                other => Err(format!("should be a battle but is {other:?}")),
+            });
+            match decoded {
+                Ok(b) => out.push(b),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
     }
+    failed.map_or(Ok(out), Err)
+}
+
+/// Reads `source` up to its end, calling `each` with every record's offset in the file.
+fn read(
+    source: &Source,
+    mut each: impl FnMut(u64, Raw<'_>) -> Result<(), String>,
+) -> Result<Ending, StoreError> {
+    read_whole(source, |offset, raw, _| each(offset, raw))
+}
+
+/// Reads `source` up to its end, calling `each` with every record, its offset in the file and
+/// its whole bytes.
+fn read_whole(
+    source: &Source,
+    mut each: impl FnMut(u64, Raw<'_>, &[u8]) -> Result<(), String>,
+) -> Result<Ending, StoreError> {
+    let p = &source.path;
+    let file = File::open(p).map_err(|e| files::err(p, format!("cannot be opened: {e}")))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    files::check_header(&mut r, p, source.kind, source.number)?;
+    frame::read(r, files::HEADER_LEN, source.end, |at, payload| {
+        for item in Records::new(payload) {
+            let (raw, whole) = item?;
+            let offset = at + (whole.as_ptr() as usize - payload.as_ptr() as usize) as u64;
+            each(offset, raw, whole)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| files::err(p, format!("is corrupt {e} (restore from a backup)")))
+}
+
+/// Cuts `path` back to `len` bytes, keeping what is cut in `aside` (for a post-mortem).
+fn cut(path: &Path, len: u64, aside: &Path) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    f.seek(SeekFrom::Start(len))?;
+    let mut kept = File::create(aside)?;
+    std::io::copy(&mut f, &mut kept)?;
+    kept.sync_all()?;
+    f.set_len(len)?;
+    f.sync_all()
 }

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::files::{self, Kind, Plan};
 use crate::frame;
-use crate::image::{Hasher, Image, Tail};
+use crate::image::{Hasher, Index, Tail};
 use crate::record;
 
 /// What the writer is asked to do.
@@ -30,6 +30,19 @@ pub(crate) enum Job {
 
 /// Where a write's outcome goes.
 type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// The most batches one group commit takes.
+const MAX_GROUP: usize = 1024;
+
+impl Drop for Writer {
+    /// A compaction in progress ends before the writer does (also when it unwinds), so the
+    /// directory's lock is never released while it still renames or deletes files.
+    fn drop(&mut self) {
+        if let Some(c) = self.compaction.take() {
+            let _ = c.handle.join();
+        }
+    }
+}
 
 /// Battles' new versions (`None`: no longer stored).
 type Changes = HashMap<Arc<str>, Option<u64>, Hasher>;
@@ -63,7 +76,7 @@ pub(crate) struct Writer {
     pub retry_at: u64,
     /// The state as open read it, kept for the first load while nothing has been written
     /// since (the engine loads right after opening: no second read of every file).
-    pub recovered: Option<Image>,
+    pub recovered: Option<Index>,
     compaction: Option<Compaction>,
     buf: Vec<u8>,
 }
@@ -104,7 +117,8 @@ impl Writer {
     pub(crate) fn run(mut self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
             let mut group = Vec::new();
-            for job in std::iter::once(first).chain(rx.try_iter()) {
+            // A bounded group: one frame stays far below the frame limit, and memory small.
+            for job in std::iter::once(first).chain(rx.try_iter().take(MAX_GROUP - 1)) {
                 match job {
                     Job::Write { ops, reply } => group.push((ops, reply)),
                     Job::Load { reply } => {
@@ -115,9 +129,6 @@ impl Writer {
             }
             self.commit(group);
             self.maintain();
-        }
-        if let Some(c) = self.compaction.take() {
-            let _ = c.handle.join();
         }
     }
 
@@ -247,15 +258,13 @@ impl Writer {
 
     /// The whole state, read from the files.
     fn load(&mut self) -> Result<Loaded, StoreError> {
-        if let Some(image) = self.recovered.take() {
-            return image.into_loaded(&self.dir);
+        if let Some(index) = self.recovered.take() {
+            return index.into_loaded(&self.dir);
         }
-        let image = {
-            let _files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
-            let plan = Plan::of(&self.dir, &files::list(&self.dir)?)?;
-            Image::replay(&self.dir, &plan, Tail::Stop)?
-        };
-        image.into_loaded(&self.dir)
+        // Both passes under the lock: a compaction must not delete what the index points to.
+        let _files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        let plan = Plan::of(&self.dir, &files::list(&self.dir)?)?;
+        Index::build(&self.dir, &plan, Tail::Stop)?.into_loaded(&self.dir)
     }
 
     /// Takes a finished compaction's result; starts one when the logs have outgrown the
@@ -285,7 +294,9 @@ impl Writer {
         if self.compaction.is_some() || self.broken.is_some() || !due {
             return;
         }
-        let target = self.log_number + 1;
+        let Some(target) = self.log_number.checked_add(1) else {
+            return;
+        };
         match files::create(&self.dir, Kind::Log, target) {
             Ok(log) => {
                 self.log = log;
@@ -326,8 +337,8 @@ fn compact(
         logs: (base.max(1)..target).collect(),
         obsolete: Vec::new(),
     };
-    let image = Image::replay(dir, &plan, Tail::MustBeClean)?;
-    let written = image.write_snapshot(dir, target, |rename| {
+    let index = Index::build(dir, &plan, Tail::MustBeClean)?;
+    let written = index.write_snapshot(dir, target, |rename| {
         let _files = files.lock().unwrap_or_else(PoisonError::into_inner);
         rename()?;
         let covered = (base > 0)
