@@ -17,7 +17,7 @@
 //!   synced, renamed), then deletes what it covers. Writes go on meanwhile.
 //! - **Memory.** The store keeps only each battle's version in memory (for compare-and-set).
 //!   Opening, loading and compaction read the files in two passes — an index of where each
-//!   battle's latest record is, then only those records — so they hold the index (about 100
+//!   battle's latest record is, then only those records — so they hold the index (about 120
 //!   bytes per battle), never the files.
 //!
 //! ```no_run
