@@ -605,6 +605,11 @@ impl Engine {
         &self.inner.shared.metrics
     }
 
+    /// The store's own figures for monitoring (see [`Store::figures`]).
+    pub fn store_figures(&self) -> Vec<crate::store::StoreFigure> {
+        self.inner.shared.store.figures()
+    }
+
     /// Whether the engine takes events and its store is writable: false once shutdown began,
     /// when a shard task is gone, or while the latest store write failed (until one succeeds).
     pub fn is_ready(&self) -> bool {

@@ -46,6 +46,6 @@ pub use notify::{
 };
 pub use store::{
     Claim, Commit, EphemeralStore, Fetched, Loaded, MemoryStore, Replicated, SharedStore, Store,
-    StoreError, StoreOp, Stored,
+    StoreError, StoreFigure, StoreOp, Stored,
 };
 pub use transition::{Refusal, Rules};

@@ -72,6 +72,19 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// One figure a store reports for monitoring (the server renders it on `/metrics`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreFigure {
+    /// The metric's name (`livebattle_store_…`).
+    pub name: &'static str,
+    /// What it measures.
+    pub help: &'static str,
+    /// A counter (only grows) or a gauge.
+    pub counter: bool,
+    /// Its value now.
+    pub value: u64,
+}
+
 /// Where the engine keeps its state. Implementations must make a `write` durable before it
 /// returns `Ok` and apply a batch atomically.
 pub trait Store: Send + Sync + 'static {
@@ -88,6 +101,10 @@ pub trait Store: Send + Sync + 'static {
     /// `None` for a store only this engine writes.
     fn shared(&self) -> Option<&dyn SharedStore> {
         None
+    }
+    /// The store's own figures for monitoring (none by default).
+    fn figures(&self) -> Vec<StoreFigure> {
+        Vec::new()
     }
 }
 
@@ -200,6 +217,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn shared(&self) -> Option<&dyn SharedStore> {
         (**self).shared()
+    }
+    fn figures(&self) -> Vec<StoreFigure> {
+        (**self).figures()
     }
 }
 

@@ -285,6 +285,16 @@ pub fn prometheus_text(state: &AppState) -> String {
         let _ = writeln!(out, "{name} {value}");
     }
 
+    for f in engine.store_figures() {
+        family(
+            &mut out,
+            f.name,
+            if f.counter { "counter" } else { "gauge" },
+            f.help,
+        );
+        let _ = writeln!(out, "{} {}", f.name, f.value);
+    }
+
     family(
         &mut out,
         "livebattle_http_requests_total",

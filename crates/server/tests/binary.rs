@@ -246,6 +246,23 @@ async fn durable_by_default_survives_kill_9_and_refuses_a_second_process() {
         again["version"], before["version"],
         "a duplicate changed nothing"
     );
+    // The log store's own figures are on /metrics.
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "# TYPE livebattle_store_commits_total counter",
+        "# TYPE livebattle_store_log_bytes gauge",
+        "livebattle_store_compactions_total 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle}:\n{metrics}");
+    }
     terminate(child).await;
 
     // Asking for the other store on this directory is refused, naming what it holds.

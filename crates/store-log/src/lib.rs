@@ -44,7 +44,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use livebattle_engine::store::BoxFuture;
-use livebattle_engine::{Loaded, Store, StoreError, StoreOp};
+use livebattle_engine::{Loaded, Store, StoreError, StoreFigure, StoreOp};
 
 pub use files::{FORMAT_VERSION, LOCK_FILE};
 
@@ -73,6 +73,7 @@ impl Default for LogOptions {
 /// sent, and any compaction in progress); the directory's lock is released then.
 pub struct LogStore {
     dir: PathBuf,
+    stats: std::sync::Arc<writer::Stats>,
     tx: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
     /// Held for the store's life.
@@ -158,6 +159,7 @@ impl LogStore {
             logs_len,
         );
         writer.recovered = Some(index);
+        let stats = writer.stats.clone();
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("livebattle-log-writer".into())
@@ -165,6 +167,7 @@ impl LogStore {
             .map_err(|e| files::err(&dir, format!("cannot start the writer thread: {e}")))?;
         Ok(LogStore {
             dir,
+            stats,
             tx: Some(tx),
             writer: Some(writer),
             _lock: lock,
@@ -214,5 +217,9 @@ impl Store for LogStore {
 
     fn write(&self, ops: Vec<StoreOp>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.ask(|reply| Job::Write { ops, reply }))
+    }
+
+    fn figures(&self) -> Vec<StoreFigure> {
+        self.stats.figures()
     }
 }

@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use livebattle_engine::store::check_version;
-use livebattle_engine::{Loaded, StoreError, StoreOp};
+use livebattle_engine::{Loaded, StoreError, StoreFigure, StoreOp};
 use tokio::sync::oneshot;
 
 use crate::files::{self, Kind, Plan};
@@ -30,6 +31,41 @@ pub(crate) enum Job {
 
 /// Where a write's outcome goes.
 type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// What the writer reports for monitoring (see [`Stats::figures`]).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    commits: AtomicU64,
+    batches: AtomicU64,
+    refused: AtomicU64,
+    failures: AtomicU64,
+    logs_bytes: AtomicU64,
+    snapshot_bytes: AtomicU64,
+    compactions: AtomicU64,
+    compaction_failures: AtomicU64,
+}
+
+impl Stats {
+    /// The figures, as the server's `/metrics` shows them.
+    pub(crate) fn figures(&self) -> Vec<StoreFigure> {
+        let f = |name, help, counter, v: &AtomicU64| StoreFigure {
+            name,
+            help,
+            counter,
+            value: v.load(Ordering::Relaxed),
+        };
+        vec![
+            f("livebattle_store_commits_total", "Group commits of the log store: one appended frame and one fdatasync each.", true, &self.commits),
+            f("livebattle_store_batches_total", "Batches the log store stored (batches ÷ commits: how many one fdatasync covered).", true, &self.batches),
+            f("livebattle_store_refused_total", "Batches the log store refused on a compare-and-set conflict.", true, &self.refused),
+            f("livebattle_store_write_failures_total", "Group commits that failed (I/O); their batches were not acknowledged.", true, &self.failures),
+            f("livebattle_store_log_bytes", "Bytes of the logs since the last snapshot (compaction starts above 64 MiB and the snapshot's size).", false, &self.logs_bytes),
+            f("livebattle_store_snapshot_bytes", "Bytes of the latest snapshot.", false, &self.snapshot_bytes),
+            f("livebattle_store_compactions_total", "Compactions that wrote a snapshot and deleted what it covers.", true, &self.compactions),
+            f("livebattle_store_compaction_failures_total", "Compactions that failed (the logs were kept; retried later).", true, &self.compaction_failures),
+        ]
+    }
+}
 
 /// The most batches one group commit takes.
 const MAX_GROUP: usize = 1024;
@@ -70,6 +106,8 @@ pub(crate) struct Writer {
     pub logs_len: u64,
     /// Held while files are renamed or deleted, and while a load reads them.
     pub files: Arc<Mutex<()>>,
+    /// Shared with the store handle, for monitoring.
+    pub stats: Arc<Stats>,
     /// Set when a failed append could not be undone: every later write is refused.
     pub broken: Option<StoreError>,
     /// After a failed compaction: the log size to wait for before trying again.
@@ -105,6 +143,11 @@ impl Writer {
             snapshot_len,
             logs_len,
             files: Arc::new(Mutex::new(())),
+            stats: Arc::new(Stats {
+                snapshot_bytes: AtomicU64::new(snapshot_len),
+                logs_bytes: AtomicU64::new(logs_len),
+                ..Stats::default()
+            }),
             broken: None,
             retry_at: 0,
             recovered: None,
@@ -166,6 +209,7 @@ impl Writer {
                 }
                 Err(e) => {
                     buf.truncate(mark);
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     let _ = reply.send(Err(e));
                 }
             }
@@ -177,6 +221,18 @@ impl Writer {
             } else {
                 frame::finish(&mut buf, at).and_then(|()| self.append(&buf))
             };
+            let counter = if outcome.is_ok() {
+                self.stats
+                    .batches
+                    .fetch_add(accepted.len() as u64, Ordering::Relaxed);
+                &self.stats.commits
+            } else {
+                &self.stats.failures
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .logs_bytes
+                .store(self.logs_len, Ordering::Relaxed);
             if outcome.is_ok() {
                 for (id, version) in changed {
                     match version {
@@ -282,10 +338,18 @@ impl Writer {
                     self.snapshot_len = len;
                     self.logs_len = self.log_len;
                     self.retry_at = 0;
+                    self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+                    self.stats.snapshot_bytes.store(len, Ordering::Relaxed);
+                    self.stats
+                        .logs_bytes
+                        .store(self.logs_len, Ordering::Relaxed);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "compaction failed; the logs are kept, retrying later");
                     self.retry_at = self.logs_len + self.compact_after;
+                    self.stats
+                        .compaction_failures
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -186,6 +186,16 @@ async fn compaction_keeps_the_state_and_bounds_the_files() {
     // Compare-and-set still knows every version after the restart.
     assert!(store.write(vec![put("b05", 40)]).await.is_err());
     store.write(vec![put("b05", 41)]).await.unwrap();
+    let figure = |name: &str| {
+        store
+            .figures()
+            .into_iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
+    };
+    assert_eq!(figure("livebattle_store_commits_total"), Some(1));
+    assert_eq!(figure("livebattle_store_refused_total"), Some(1));
+    assert!(figure("livebattle_store_snapshot_bytes").unwrap_or(0) > 0);
 }
 
 #[tokio::test]
