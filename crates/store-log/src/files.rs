@@ -53,6 +53,11 @@ pub(crate) fn path(dir: &Path, kind: Kind, number: u64) -> PathBuf {
     dir.join(format!("{}{number:020}", kind.prefix()))
 }
 
+/// The checksum seed of the frames of file `number` of `kind` (see `frame.rs`).
+pub(crate) fn seed(kind: Kind, number: u64) -> u32 {
+    crate::frame::seed(kind.byte(), number)
+}
+
 /// The header of file `number` of `kind`.
 pub(crate) fn header(kind: Kind, number: u64) -> [u8; HEADER_LEN as usize] {
     let mut h = [0; HEADER_LEN as usize];

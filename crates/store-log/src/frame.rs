@@ -2,6 +2,10 @@
 //! write makes durable. The header's own checksum (over `len` and the payload's checksum) keeps
 //! a damaged length from passing for a frame that runs past the end of the file.
 //!
+//! Both checksums are seeded with the file's identity ([`seed`]), so a frame of another file —
+//! bytes of a deleted log that a reused disk block still holds — never passes for one of this
+//! file.
+//!
 //! A log gets one frame per group commit, so a crash can only damage the frames of its last
 //! write, at the end of the file — cut short, pages never written (zeros), or written out of
 //! order. Reading tells the endings apart: clean; **torn** (a bad frame with no good frame
@@ -18,6 +22,17 @@ pub(crate) const HEADER: usize = 12;
 /// The largest payload (a larger length is damage, not data).
 const MAX_PAYLOAD: u64 = 1 << 30;
 
+/// The checksum seed of a file: its kind and number.
+pub(crate) fn seed(kind: u8, number: u64) -> u32 {
+    crc32fast::hash(&[&[kind][..], &number.to_le_bytes()].concat())
+}
+
+fn crc(seed: u32, bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(seed);
+    h.update(bytes);
+    h.finalize()
+}
+
 /// Starts a frame at the end of `out`; returns where, for [`finish`].
 pub(crate) fn start(out: &mut Vec<u8>) -> usize {
     let at = out.len();
@@ -26,16 +41,16 @@ pub(crate) fn start(out: &mut Vec<u8>) -> usize {
 }
 
 /// Fills in the header of the frame started at `at` (its payload is the rest of `out`).
-pub(crate) fn finish(out: &mut [u8], at: usize) -> Result<(), StoreError> {
+pub(crate) fn finish(out: &mut [u8], at: usize, seed: u32) -> Result<(), StoreError> {
     let payload = &out[at + HEADER..];
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|&n| u64::from(n) <= MAX_PAYLOAD)
         .ok_or_else(|| StoreError(format!("a frame of {} bytes is too big", payload.len())))?;
-    let crc = crc32fast::hash(payload);
+    let payload_crc = crc(seed, payload);
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
-    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-    let head_crc = crc32fast::hash(&out[at..at + 8]);
+    out[at + 4..at + 8].copy_from_slice(&payload_crc.to_le_bytes());
+    let head_crc = crc(seed, &out[at..at + 8]);
     out[at + 8..at + 12].copy_from_slice(&head_crc.to_le_bytes());
     Ok(())
 }
@@ -45,26 +60,26 @@ fn le32(b: &[u8]) -> u32 {
 }
 
 /// The payload length and checksum a header names, if the header is intact.
-fn header(head: &[u8; HEADER]) -> Option<(u64, u32)> {
+fn header(seed: u32, head: &[u8; HEADER]) -> Option<(u64, u32)> {
     let len = u64::from(le32(&head[0..4]));
-    (crc32fast::hash(&head[..8]) == le32(&head[8..12]) && len <= MAX_PAYLOAD)
+    (crc(seed, &head[..8]) == le32(&head[8..12]) && len <= MAX_PAYLOAD)
         .then(|| (len, le32(&head[4..8])))
 }
 
 /// Whether `bytes` starts with a whole, good frame.
-fn good_frame_at(bytes: &[u8]) -> bool {
+fn good_frame_at(seed: u32, bytes: &[u8]) -> bool {
     let Some(head) = bytes
         .get(..HEADER)
         .and_then(|h| <&[u8; HEADER]>::try_from(h).ok())
     else {
         return false;
     };
-    let Some((len, crc)) = header(head) else {
+    let Some((len, payload_crc)) = header(seed, head) else {
         return false;
     };
     bytes
         .get(HEADER..HEADER + len as usize)
-        .is_some_and(|p| crc32fast::hash(p) == crc)
+        .is_some_and(|p| crc(seed, p) == payload_crc)
 }
 
 /// How a file's frames ended.
@@ -83,6 +98,7 @@ pub(crate) fn read<R: Read>(
     mut r: R,
     mut offset: u64,
     file_len: u64,
+    seed: u32,
     mut each: impl FnMut(u64, &[u8]) -> Result<(), String>,
 ) -> Result<Ending, String> {
     let mut payload = Vec::new();
@@ -94,21 +110,24 @@ pub(crate) fn read<R: Read>(
         }
         // What was read of the bad frame, to scan with the rest of the file.
         let mut seen = Vec::new();
+        // Where a good frame may start: after the bad one when its header is intact (its
+        // payload may hold any bytes), else anywhere.
+        let mut search_from = 1;
         let why;
         if left < HEADER as u64 {
             why = format!("{left} bytes, less than a frame header");
         } else {
             let mut head = [0u8; HEADER];
             r.read_exact(&mut head).map_err(io(offset))?;
-            match header(&head) {
+            match header(seed, &head) {
                 Some((len, _)) if HEADER as u64 + len > left => {
                     why = format!("a frame of {len} bytes with {} in the file", left - 12);
                     seen.extend_from_slice(&head);
                 }
-                Some((len, crc)) => {
+                Some((len, payload_crc)) => {
                     payload.resize(len as usize, 0);
                     r.read_exact(&mut payload).map_err(io(offset))?;
-                    if crc32fast::hash(&payload) == crc {
+                    if crc(seed, &payload) == payload_crc {
                         let at = offset + HEADER as u64;
                         each(at, &payload)
                             .map_err(|e| format!("in the frame at byte {offset}: {e}"))?;
@@ -118,6 +137,7 @@ pub(crate) fn read<R: Read>(
                     why = "a frame fails its checksum".into();
                     seen.extend_from_slice(&head);
                     seen.extend_from_slice(&payload);
+                    search_from = seen.len();
                 }
                 None if head == [0; HEADER] => {
                     why = "zeros where a frame should be".into();
@@ -130,7 +150,7 @@ pub(crate) fn read<R: Read>(
             }
         }
         r.read_to_end(&mut seen).map_err(io(offset))?;
-        return match (1..seen.len()).find(|&i| good_frame_at(&seen[i..])) {
+        return match (search_from..seen.len()).find(|&i| good_frame_at(seed, &seen[i..])) {
             Some(i) => Err(format!(
                 "at byte {offset}: {why}, and a good frame follows at byte {}",
                 offset + i as u64
@@ -147,19 +167,25 @@ pub(crate) fn read<R: Read>(
 mod tests {
     use super::*;
 
+    const SEED: u32 = 7;
+
     fn frames(payloads: &[&[u8]]) -> Vec<u8> {
+        frames_of(SEED, payloads)
+    }
+
+    fn frames_of(seed: u32, payloads: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for p in payloads {
             let at = start(&mut out);
             out.extend_from_slice(p);
-            finish(&mut out, at).unwrap();
+            finish(&mut out, at, seed).unwrap();
         }
         out
     }
 
     fn read_all(bytes: &[u8]) -> (Vec<Vec<u8>>, Result<Ending, String>) {
         let mut got = Vec::new();
-        let ending = read(bytes, 0, bytes.len() as u64, |_, p| {
+        let ending = read(bytes, 0, bytes.len() as u64, SEED, |_, p| {
             got.push(p.to_vec());
             Ok(())
         });
@@ -180,7 +206,7 @@ mod tests {
         );
         assert_eq!(ending, Ok(Ending::Clean));
         let mut at = Vec::new();
-        read(&bytes[..], 0, bytes.len() as u64, |o, _| {
+        read(&bytes[..], 0, bytes.len() as u64, SEED, |o, _| {
             at.push(o);
             Ok(())
         })
@@ -224,6 +250,27 @@ mod tests {
         let (got, ending) = read_all(&zeros);
         assert_eq!(got.len(), 1);
         assert!(torn_at(&ending, 17), "{ending:?}");
+    }
+
+    #[test]
+    fn frames_of_another_file_or_inside_a_bad_payload_do_not_count_as_good() {
+        // Bytes of a deleted log (another seed) after a torn frame: still a torn tail.
+        let mut bytes = frames(&[b"acknowledged"]);
+        let good_len = bytes.len() as u64;
+        bytes.extend_from_slice(&[0; 12]);
+        bytes.extend_from_slice(&frames_of(SEED + 1, &[b"an old file's frame"]));
+        assert!(torn_at(&read_all(&bytes).1, good_len));
+        // A payload that itself holds a well-formed frame, its checksum failing.
+        let mut payload = frames(&[b"looks like a frame"]);
+        payload.push(0xAA);
+        let mut bytes = frames(&[b"acknowledged"]);
+        bytes.extend_from_slice(&frames(&[&payload[..]]));
+        *bytes.last_mut().unwrap() ^= 1;
+        assert!(
+            torn_at(&read_all(&bytes).1, good_len),
+            "{:?}",
+            read_all(&bytes).1
+        );
     }
 
     #[test]

@@ -166,13 +166,11 @@ impl Index {
         let p = source.path.clone();
         match tail {
             Tail::Truncate if only_headers_after => {
-                let mut aside = p.clone().into_os_string();
-                aside.push(format!(".torn-{valid_len}"));
                 tracing::warn!(
-                    path = %p.display(), valid_len, %why, aside = ?aside,
-                    "the last write was torn (never acknowledged); cutting it off"
+                    path = %p.display(), valid_len, %why,
+                    "the last write was torn (never acknowledged); cutting it off, keeping it aside"
                 );
-                cut(&p, valid_len, Path::new(&aside))
+                cut(&p, valid_len)
                     .map_err(|e| files::err(&p, format!("cannot cut a torn tail: {e}")))?;
             }
             Tail::Stop if only_headers_after => {}
@@ -236,11 +234,12 @@ impl Index {
         w.write_all(&files::header(Kind::Snapshot, number))
             .map_err(fail)?;
         let mut size = files::HEADER_LEN;
+        let seed = files::seed(Kind::Snapshot, number);
         let mut records = 0u64;
         let mut buf = Vec::with_capacity(CHUNK * 2);
         let mut at = frame::start(&mut buf);
         let mut flush = |buf: &mut Vec<u8>, at: usize| -> Result<usize, String> {
-            frame::finish(buf, at).map_err(|e| e.0)?;
+            frame::finish(buf, at, seed).map_err(|e| e.0)?;
             w.write_all(buf).map_err(|e| fail(e).0)?;
             size += buf.len() as u64;
             buf.clear();
@@ -349,18 +348,21 @@ fn decode_blocks(rx: &Mutex<std::sync::mpsc::Receiver<Vec<u8>>>) -> Result<Vec<B
         if failed.is_some() {
             continue;
         }
-        for item in Records::new(&block) {
-            let decoded = item.and_then(|(raw, _)| match raw {
-                Raw::Put { id, body, .. } => record::decode_battle(id, body),
-                other => Err(format!("should be a battle but is {other:?}")),
-            });
-            match decoded {
-                Ok(b) => out.push(b),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
+        // Even a panic in decoding must not stop this thread from draining the channel.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for item in Records::new(&block) {
+                let (raw, _) = item?;
+                match raw {
+                    Raw::Put { id, body, .. } => out.push(record::decode_battle(id, body)?),
+                    other => return Err(format!("should be a battle but is {other:?}")),
                 }
             }
+            Ok(())
+        }));
+        match decoded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(e),
+            Err(_) => failed = Some("made a decoder panic".into()),
         }
     }
     failed.map_or(Ok(out), Err)
@@ -384,7 +386,8 @@ fn read_whole(
     let file = File::open(p).map_err(|e| files::err(p, format!("cannot be opened: {e}")))?;
     let mut r = BufReader::with_capacity(1 << 20, file);
     files::check_header(&mut r, p, source.kind, source.number)?;
-    frame::read(r, files::HEADER_LEN, source.end, |at, payload| {
+    let seed = files::seed(source.kind, source.number);
+    frame::read(r, files::HEADER_LEN, source.end, seed, |at, payload| {
         for item in Records::new(payload) {
             let (raw, whole) = item?;
             let offset = at + (whole.as_ptr() as usize - payload.as_ptr() as usize) as u64;
@@ -395,17 +398,41 @@ fn read_whole(
     .map_err(|e| files::err(p, format!("is corrupt {e} (restore from a backup)")))
 }
 
-/// Cuts `path` back to `len` bytes, keeping what is cut in `aside` (for a post-mortem).
-fn cut(path: &Path, len: u64, aside: &Path) -> std::io::Result<()> {
+/// Cuts `path` back to `len` bytes, keeping what is cut in `PATH.torn-LEN` (or `.torn-LEN.N`
+/// when that exists already), for a post-mortem.
+fn cut(path: &Path, len: u64) -> std::io::Result<()> {
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)?;
     f.seek(SeekFrom::Start(len))?;
-    let mut kept = File::create(aside)?;
+    let mut kept = None;
+    for n in 0..1000 {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".torn-{len}"));
+        if n > 0 {
+            aside.push(format!(".{n}"));
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&aside)
+        {
+            Ok(file) => {
+                kept = Some(file);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut kept = kept.ok_or_else(|| std::io::Error::other("too many torn tails kept aside"))?;
     std::io::copy(&mut f, &mut kept)?;
     kept.sync_all()?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
     f.set_len(len)?;
     f.sync_all()
 }

@@ -219,7 +219,8 @@ impl Writer {
             let outcome = if buf.len() == at + frame::HEADER {
                 Ok(()) // only empty batches: nothing to store
             } else {
-                frame::finish(&mut buf, at).and_then(|()| self.append(&buf))
+                let seed = files::seed(Kind::Log, self.log_number);
+                frame::finish(&mut buf, at, seed).and_then(|()| self.append(&buf))
             };
             let counter = if outcome.is_ok() {
                 self.stats
@@ -361,6 +362,8 @@ impl Writer {
         let Some(target) = self.log_number.checked_add(1) else {
             return;
         };
+        // The index open read points into files this compaction will delete.
+        self.recovered = None;
         match files::create(&self.dir, Kind::Log, target) {
             Ok(log) => {
                 self.log = log;

@@ -112,6 +112,7 @@ async fn a_torn_last_write_is_cut_off_and_everything_acknowledged_stays() {
         let mut aside = log.clone().into_os_string();
         aside.push(format!(".torn-{}", good.len()));
         assert_eq!(std::fs::read(&aside).unwrap(), tail, "and kept aside");
+        std::fs::remove_file(&aside).unwrap();
     }
     // And the store goes on appending after the cut.
     let store = LogStore::open(dir.path()).unwrap();
