@@ -286,7 +286,7 @@ impl Index {
         let mut notifications = Vec::with_capacity(self.notifications.len());
         let (fed, parts) = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
-                .map(|_| scope.spawn(|| decode_blocks(&rx)))
+                .map(|_| scope.spawn(|| decode_blocks(&rx, &self.battles)))
                 .collect();
             let mut block = Vec::with_capacity(BLOCK + (1 << 16));
             let fed = self.live(|raw, whole| {
@@ -337,7 +337,13 @@ impl Index {
 
 /// A decoding thread: battles from the blocks it takes, until the channel closes. After an
 /// error it keeps taking blocks (so the reader never waits on it) and reports the first error.
-fn decode_blocks(rx: &Mutex<std::sync::mpsc::Receiver<Vec<u8>>>) -> Result<Vec<Battle>, String> {
+///
+/// Each battle gets the index's `Arc` of its id, which the store's version map keeps too: one
+/// copy of every id for the engine and the store, not two.
+fn decode_blocks(
+    rx: &Mutex<std::sync::mpsc::Receiver<Vec<u8>>>,
+    ids: &HashMap<Arc<str>, (u64, Loc), Hasher>,
+) -> Result<Vec<Battle>, String> {
     let mut out = Vec::new();
     let mut failed = None;
     loop {
@@ -353,7 +359,13 @@ fn decode_blocks(rx: &Mutex<std::sync::mpsc::Receiver<Vec<u8>>>) -> Result<Vec<B
             for item in Records::new(&block) {
                 let (raw, _) = item?;
                 match raw {
-                    Raw::Put { id, body, .. } => out.push(record::decode_battle(id, body)?),
+                    Raw::Put { id, body, .. } => {
+                        let mut battle = record::decode_battle(id, body)?;
+                        if let Some((shared, _)) = ids.get_key_value(id) {
+                            battle.id = shared.clone();
+                        }
+                        out.push(battle);
+                    }
                     other => return Err(format!("should be a battle but is {other:?}")),
                 }
             }
