@@ -8,13 +8,16 @@
 //!   compare-and-set, appends the accepted ones as **one checksummed frame**, syncs it once and
 //!   only then answers. Nothing is answered `Ok` before it is on disk.
 //! - **Crash safety.** A crash can tear only the last frame of the last log — a write never
-//!   acknowledged — and opening cuts it off. A damaged frame with data after it, a gap in the
-//!   logs, a bad header or another format version is refused with the file's path, never
-//!   wiped.
+//!   acknowledged — and opening cuts it off (keeping the bytes aside as `log-N.torn-OFFSET`). A
+//!   damaged frame with a good frame after it, a gap in the logs, a bad header or another format
+//!   version is refused with the file's path, never wiped.
 //! - **Compaction.** When the logs since the last snapshot outgrow it (and
 //!   [`LogOptions::compact_after_bytes`]), the writer starts a new log and a background thread
 //!   writes the next snapshot from the previous one and the finished logs (to a temporary file,
-//!   synced, renamed), then deletes what it covers. Writes go on meanwhile.
+//!   synced every 4 MiB as it is written so the live log's syncs never wait behind it, renamed),
+//!   then deletes what it covers. Writes go on meanwhile.
+//! - **Monitoring.** [`Store::figures`] reports commits, batches, refusals, failures, log and
+//!   snapshot bytes and compactions (the server shows them on `/metrics`).
 //! - **Memory.** The store keeps only each battle's version in memory (for compare-and-set).
 //!   Opening, loading and compaction read the files in two passes — an index of where each
 //!   battle's latest record is, then only those records — so they hold the index (about 120
