@@ -187,6 +187,62 @@ pub trait SharedStore: Send + Sync {
     fn follow(&self) -> BoxFuture<'_, Result<Vec<Replicated>, StoreError>>;
 }
 
+/// A battle's version after a batch (`None`: no longer stored).
+pub type VersionChange = (Arc<str>, Option<u64>);
+
+/// The version changes a batch makes (`None`: the battle is no longer stored), if every `Put`'s
+/// expected version holds ([`check_version`]) against `stored` with the batch's own earlier ops
+/// on top — the compare-and-set rule of a batch, for every store. The outer `Err` is `stored`'s
+/// own failure (a read that failed); the inner one the first conflict.
+///
+/// ```
+/// use std::sync::Arc;
+/// use livebattle_engine::store::batch_versions;
+/// use livebattle_engine::{Battle, State, StoreOp};
+///
+/// let put = |version, expected_version| {
+///     let mut battle = Battle::new("b", State::Running, 0);
+///     battle.version = version;
+///     StoreOp::Put { battle: Arc::new(battle), expected_version }
+/// };
+/// let nothing_stored = |_: &str| Ok::<_, ()>(None);
+/// let changes = batch_versions(&[put(1, None), put(2, Some(1))], nothing_stored);
+/// assert_eq!(changes, Ok(Ok(vec![(Arc::from("b"), Some(2))])));
+/// assert!(batch_versions(&[put(2, Some(1))], nothing_stored).unwrap().is_err());
+/// ```
+pub fn batch_versions<E>(
+    ops: &[StoreOp],
+    mut stored: impl FnMut(&str) -> Result<Option<u64>, E>,
+) -> Result<Result<Vec<VersionChange>, StoreError>, E> {
+    let mut batch: HashMap<&str, (&Arc<str>, Option<u64>), crate::shard::Hasher> =
+        HashMap::default();
+    for op in ops {
+        match op {
+            StoreOp::Put {
+                battle,
+                expected_version,
+            } => {
+                let now = match batch.get(&*battle.id) {
+                    Some(&(_, v)) => v,
+                    None => stored(&battle.id)?,
+                };
+                if let Err(conflict) = check_version(&battle.id, now, *expected_version) {
+                    return Ok(Err(conflict));
+                }
+                batch.insert(&battle.id, (&battle.id, Some(battle.version)));
+            }
+            StoreOp::Evict { battle_id, .. } => {
+                batch.insert(battle_id, (battle_id, None));
+            }
+            StoreOp::Forget { .. } | StoreOp::Notify { .. } => {}
+        }
+    }
+    Ok(Ok(batch
+        .into_values()
+        .map(|(id, v)| (id.clone(), v))
+        .collect()))
+}
+
 /// The compare-and-set rule every store applies to a `Put`: the stored version must be the
 /// expected one, and `None` expects no stored battle.
 pub fn check_version(
@@ -291,16 +347,9 @@ impl Store for MemoryStore {
                 .inner
                 .lock()
                 .map_err(|_| StoreError("memory store poisoned".into()))?;
-            for op in &ops {
-                if let StoreOp::Put {
-                    battle,
-                    expected_version,
-                } = op
-                {
-                    let current = g.battles.get(&battle.id).map(|b| b.version);
-                    check_version(&battle.id, current, *expected_version)?;
-                }
-            }
+            let stored =
+                |id: &str| Ok::<_, std::convert::Infallible>(g.battles.get(id).map(|b| b.version));
+            batch_versions(&ops, stored).unwrap_or_else(|never| match never {})?;
             for op in ops {
                 match op {
                     StoreOp::Put { battle, .. } => {

@@ -211,6 +211,30 @@ impl Index {
         Ok(())
     }
 
+    /// The number of the snapshot the state starts from (0: none).
+    pub(crate) fn snapshot(&self) -> u64 {
+        self.sources
+            .iter()
+            .find(|s| s.kind == Kind::Snapshot)
+            .map_or(0, |s| s.number)
+    }
+
+    /// Whether file `number` of `kind` is one the index was read from.
+    pub(crate) fn holds(&self, kind: Kind, number: u64) -> bool {
+        self.sources
+            .iter()
+            .any(|s| s.kind == kind && s.number == number)
+    }
+
+    /// The bytes of the good data of the files of `kind` (after a torn tail was cut).
+    pub(crate) fn bytes(&self, kind: Kind) -> u64 {
+        self.sources
+            .iter()
+            .filter(|s| s.kind == kind)
+            .map(|s| s.end)
+            .sum()
+    }
+
     /// Every battle's version (what compare-and-set checks against).
     pub(crate) fn versions(&self) -> HashMap<Arc<str>, u64, Hasher> {
         let mut out = HashMap::with_capacity_and_hasher(self.battles.len(), Hasher::default());

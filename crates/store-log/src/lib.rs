@@ -108,9 +108,8 @@ impl LogStore {
         let lock = files::lock(&dir)?;
         let listing = files::list(&dir)?;
         for tmp in &listing.temps {
-            std::fs::remove_file(tmp).map_err(|e| {
-                files::err(tmp, format!("cannot delete an unfinished snapshot: {e}"))
-            })?;
+            std::fs::remove_file(tmp)
+                .map_err(|e| files::err(tmp, format!("cannot delete an unfinished file: {e}")))?;
         }
         let plan = Plan::of(&dir, &listing)?;
         let index = Index::build(&dir, &plan, Tail::Truncate)?;
@@ -119,20 +118,7 @@ impl LogStore {
                 tracing::warn!(path = %old.display(), error = %e, "cannot delete a compacted file");
             }
         }
-        let size = |p: &Path| {
-            std::fs::metadata(p)
-                .map(|m| m.len())
-                .map_err(|e| files::err(p, format!("cannot be read: {e}")))
-        };
-        let snapshot_len = match plan.snapshot {
-            0 => 0,
-            n => size(&files::path(&dir, Kind::Snapshot, n))?,
-        };
-        let mut logs_len = 0;
-        for &n in &plan.logs {
-            logs_len += size(&files::path(&dir, Kind::Log, n))?;
-        }
-        let (log, log_number, log_len) = match plan.logs.last() {
+        let log = match plan.logs.last() {
             Some(&n) => {
                 let p = files::path(&dir, Kind::Log, n);
                 let mut f = std::fs::OpenOptions::new()
@@ -146,22 +132,10 @@ impl LogStore {
             }
             None => {
                 let n = plan.snapshot.max(1);
-                logs_len += files::HEADER_LEN;
                 (files::create(&dir, Kind::Log, n)?, n, files::HEADER_LEN)
             }
         };
-        let mut writer = Writer::new(
-            dir.clone(),
-            options.compact_after_bytes,
-            log,
-            log_number,
-            log_len,
-            index.versions(),
-            plan.snapshot,
-            snapshot_len,
-            logs_len,
-        );
-        writer.recovered = Some(index);
+        let writer = Writer::new(dir.clone(), options.compact_after_bytes, log, index);
         let stats = writer.stats.clone();
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use livebattle_engine::store::check_version;
+use std::convert::Infallible;
+
+use livebattle_engine::store::{batch_versions, VersionChange};
 use livebattle_engine::{Loaded, StoreError, StoreFigure, StoreOp};
 use tokio::sync::oneshot;
 
@@ -91,55 +93,59 @@ struct Compaction {
 
 /// The writer's state (owned by its thread).
 pub(crate) struct Writer {
-    pub dir: PathBuf,
+    dir: PathBuf,
     /// Compact when the logs since the snapshot exceed this and the snapshot's size.
-    pub compact_after: u64,
-    pub log: File,
-    pub log_number: u64,
-    pub log_len: u64,
+    compact_after: u64,
+    log: File,
+    log_number: u64,
+    log_len: u64,
     /// Each stored battle's version.
-    pub versions: HashMap<Arc<str>, u64, Hasher>,
+    versions: HashMap<Arc<str>, u64, Hasher>,
     /// The snapshot the state starts from (0: none) and its size.
-    pub snapshot: u64,
-    pub snapshot_len: u64,
+    snapshot: u64,
+    snapshot_len: u64,
     /// Bytes of the logs since that snapshot.
-    pub logs_len: u64,
+    logs_len: u64,
     /// Held while files are renamed or deleted, and while a load reads them.
-    pub files: Arc<Mutex<()>>,
+    files: Arc<Mutex<()>>,
     /// Shared with the store handle, for monitoring.
-    pub stats: Arc<Stats>,
+    pub(crate) stats: Arc<Stats>,
     /// Set when a failed append could not be undone: every later write is refused.
-    pub broken: Option<StoreError>,
+    broken: Option<StoreError>,
     /// After a failed compaction: the log size to wait for before trying again.
-    pub retry_at: u64,
+    retry_at: u64,
     /// The state as open read it, kept for the first load while nothing has been written
     /// since (the engine loads right after opening: no second read of every file).
-    pub recovered: Option<Index>,
+    recovered: Option<Index>,
     compaction: Option<Compaction>,
     buf: Vec<u8>,
 }
 
 impl Writer {
-    #[allow(clippy::too_many_arguments)]
+    /// The writer of the state `index` read (kept for the first load), appending to `log`
+    /// (file `log_number`, `log_len` bytes long).
     pub(crate) fn new(
         dir: PathBuf,
         compact_after: u64,
-        log: File,
-        log_number: u64,
-        log_len: u64,
-        versions: HashMap<Arc<str>, u64, Hasher>,
-        snapshot: u64,
-        snapshot_len: u64,
-        logs_len: u64,
+        (log, log_number, log_len): (File, u64, u64),
+        index: Index,
     ) -> Writer {
+        let snapshot_len = index.bytes(Kind::Snapshot);
+        // The log is among the files the index read, unless open has just created it.
+        let fresh = if index.holds(Kind::Log, log_number) {
+            0
+        } else {
+            log_len
+        };
+        let logs_len = index.bytes(Kind::Log) + fresh;
         Writer {
             dir,
             compact_after,
             log,
             log_number,
             log_len,
-            versions,
-            snapshot,
+            versions: index.versions(),
+            snapshot: index.snapshot(),
             snapshot_len,
             logs_len,
             files: Arc::new(Mutex::new(())),
@@ -150,7 +156,7 @@ impl Writer {
             }),
             broken: None,
             retry_at: 0,
-            recovered: None,
+            recovered: Some(index),
             compaction: None,
             buf: Vec::new(),
         }
@@ -254,29 +260,12 @@ impl Writer {
 
     /// The version changes a batch makes, if every `Put`'s expected version holds against the
     /// store with `changed` (the group's earlier batches) on top.
-    fn check(&self, ops: &[StoreOp], changed: &Changes) -> Result<Changes, StoreError> {
-        let mut batch = Changes::default();
-        for op in ops {
-            match op {
-                StoreOp::Put {
-                    battle,
-                    expected_version,
-                } => {
-                    let stored = batch
-                        .get(&battle.id)
-                        .or_else(|| changed.get(&battle.id))
-                        .copied()
-                        .unwrap_or_else(|| self.versions.get(&battle.id).copied());
-                    check_version(&battle.id, stored, *expected_version)?;
-                    batch.insert(battle.id.clone(), Some(battle.version));
-                }
-                StoreOp::Evict { battle_id, .. } => {
-                    batch.insert(battle_id.clone(), None);
-                }
-                StoreOp::Forget { .. } | StoreOp::Notify { .. } => {}
-            }
-        }
-        Ok(batch)
+    fn check(&self, ops: &[StoreOp], changed: &Changes) -> Result<Vec<VersionChange>, StoreError> {
+        let stored = |id: &str| {
+            let now = changed.get(id).copied();
+            Ok::<_, Infallible>(now.unwrap_or_else(|| self.versions.get(id).copied()))
+        };
+        batch_versions(ops, stored).unwrap_or_else(|never| match never {})
     }
 
     /// Writes `bytes` at the end of the log and syncs them; on failure, cuts the log back so

@@ -72,8 +72,8 @@ async fn versions(store: &LogStore) -> Vec<(String, u64)> {
     v
 }
 
-#[tokio::test]
-async fn a_torn_last_write_is_cut_off_and_everything_acknowledged_stays() {
+/// A store holding battles `a` and `b` (one write each), and its log.
+async fn a_and_b() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = LogStore::open(dir.path()).unwrap();
@@ -81,6 +81,12 @@ async fn a_torn_last_write_is_cut_off_and_everything_acknowledged_stays() {
         store.write(vec![put("b", 1)]).await.unwrap();
     }
     let log = files(dir.path(), "log-").pop().unwrap();
+    (dir, log)
+}
+
+#[tokio::test]
+async fn a_torn_last_write_is_cut_off_and_everything_acknowledged_stays() {
+    let (dir, log) = a_and_b().await;
     let good = std::fs::read(&log).unwrap();
     {
         let store = LogStore::open(dir.path()).unwrap();
@@ -127,15 +133,9 @@ async fn a_torn_last_write_is_cut_off_and_everything_acknowledged_stays() {
 
 #[tokio::test]
 async fn damage_before_the_end_is_refused_and_left_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = LogStore::open(dir.path()).unwrap();
-        store.write(vec![put("a", 1)]).await.unwrap();
-        store.write(vec![put("b", 1)]).await.unwrap();
-    }
-    let log = files(dir.path(), "log-").pop().unwrap();
+    let (dir, log) = a_and_b().await;
     let mut bytes = std::fs::read(&log).unwrap();
-    bytes[24 + 8 + 2] ^= 0xff; // inside the first frame's payload
+    bytes[24 + 8 + 2] ^= 0xff; // in the first frame (its header's checksum)
     std::fs::write(&log, &bytes).unwrap();
     let e = LogStore::open(dir.path()).unwrap_err().to_string();
     assert!(e.contains(&log.display().to_string()), "{e}");

@@ -23,12 +23,11 @@
 //! incompatible version, a corrupt file or one locked by another process is refused at open with
 //! an error naming the path — never wiped.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use livebattle_engine::store::{check_version, BoxFuture};
+use livebattle_engine::store::{batch_versions, BoxFuture};
 use livebattle_engine::{
     Battle, BattleSnapshot, Loaded, Notification, NotificationFields, Store, StoreError, StoreOp,
 };
@@ -240,35 +239,11 @@ fn commit_group(db: &Database, path: &Path, group: Vec<Request>) {
             let mut notes = txn.open_table(NOTIFICATIONS).map_err(|x| e(&x))?;
             for ops in &batches {
                 // Compare-and-set first, against the table as this transaction sees it.
-                let mut verdict = Ok(());
-                let mut in_batch: HashMap<&str, Option<u64>> = HashMap::new();
-                for op in ops {
-                    match op {
-                        StoreOp::Put {
-                            battle,
-                            expected_version,
-                        } => {
-                            let stored = match in_batch.get(&*battle.id) {
-                                Some(v) => *v,
-                                None => battles
-                                    .get(&*battle.id)
-                                    .map_err(|x| e(&x))?
-                                    .and_then(|g| stored_version(g.value())),
-                            };
-                            if let Err(conflict) =
-                                check_version(&battle.id, stored, *expected_version)
-                            {
-                                verdict = Err(conflict);
-                                break;
-                            }
-                            in_batch.insert(&battle.id, Some(battle.version));
-                        }
-                        StoreOp::Evict { battle_id, .. } => {
-                            in_batch.insert(battle_id, None);
-                        }
-                        _ => {}
-                    }
-                }
+                let verdict = batch_versions(ops, |id| {
+                    let row = battles.get(id).map_err(|x| e(&x))?;
+                    Ok(row.and_then(|g| stored_version(g.value())))
+                })?
+                .map(drop);
                 if verdict.is_ok() {
                     for op in ops {
                         apply(op, &mut battles, &mut evicted, &mut notes, path)?;

@@ -104,14 +104,9 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 /// Builds a packed notification with its number.
 pub(crate) fn unpack(seq: u64, bytes: &[u8]) -> Option<Notification> {
     match postcard::from_bytes::<Fields<BattleSnapshot>>(bytes) {
-        Ok((from, to, cause, late_ms, battle)) => Some(Notification {
-            seq,
-            from,
-            to,
-            cause,
-            late_ms,
-            battle,
-        }),
+        Ok((from, to, cause, late_ms, battle)) => Some(Notification::from_fields((
+            seq, from, to, cause, late_ms, battle,
+        ))),
         Err(e) => {
             // Unreachable: the bytes were packed by this build a moment ago.
             tracing::error!(seq, error = %e, "cannot unpack a notification");
