@@ -119,7 +119,7 @@ impl<F: Fn(&Notification) + Send + Sync + 'static> Observer for F {
 }
 
 /// Which notifications a subscription wants.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Filter {
     /// Every battle.
     All,

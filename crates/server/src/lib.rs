@@ -30,6 +30,7 @@ pub mod assets;
 pub mod config;
 pub mod error;
 pub mod health;
+mod listener;
 pub mod metrics;
 pub mod sse;
 mod state;
@@ -334,6 +335,13 @@ pub async fn serve_engine(
     }
     let router = app(state.clone());
     let on_signal = state.clone();
+    let listener = match listener::sniffing(listener, state.clone()) {
+        Ok(listener) => listener,
+        Err(e) => {
+            engine.shutdown().await;
+            return Err(ServeError::Io(e));
+        }
+    };
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;

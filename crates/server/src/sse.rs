@@ -34,6 +34,10 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+pub(crate) mod direct;
+
+pub use direct::Lanes;
+
 /// The SSE event name of a snapshot.
 pub const SNAPSHOT_EVENT: &str = "snapshot";
 /// The SSE event name of a notification.
@@ -278,27 +282,57 @@ impl Stream for Events {
 fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| last_event_id_value(v.as_bytes()))
 }
 
-fn open(state: &AppState, filter: Filter, headers: &HeaderMap) -> Response {
-    let engine = state.engine().clone();
-    let resumed = last_event_id(headers).map(|n| (n, engine.subscribe_after(filter.clone(), n)));
-    let (subscription, covered, first) = match resumed {
-        Some((n, Ok(subscription))) => (subscription, n, None),
+/// A `Last-Event-ID` header's value as a `seq` (anything but a number is ignored).
+fn last_event_id_value(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// Where a new stream starts: a subscription, the `seq` up to which it is covered, and the
+/// snapshot to send first, if any.
+struct Start {
+    subscription: Subscription,
+    covered: u64,
+    first: Option<Snapshot>,
+}
+
+/// The start rule: with `Last-Event-ID: N` still in the replay ring, the notifications after N
+/// and no snapshot; otherwise a snapshot (`resume_too_old` when N was given), read after
+/// subscribing so that nothing falls between the two.
+fn start(engine: &Engine, filter: &Filter, last_event_id: Option<u64>) -> Start {
+    let resumed = last_event_id.map(|n| (n, engine.subscribe_after(filter.clone(), n)));
+    match resumed {
+        Some((n, Ok(subscription))) => Start {
+            subscription,
+            covered: n,
+            first: None,
+        },
         other => {
             let reason = if other.is_some() {
                 "resume_too_old"
             } else {
                 "initial"
             };
-            // Subscribe before reading the snapshot, so nothing falls between the two.
             let subscription = engine.subscribe(filter.clone());
-            let first = snapshot(&engine, &filter, reason);
-            (subscription, first.seq, Some(first))
+            let first = snapshot(engine, filter, reason);
+            Start {
+                subscription,
+                covered: first.seq,
+                first: Some(first),
+            }
         }
-    };
+    }
+}
+
+fn open(state: &AppState, filter: Filter, headers: &HeaderMap) -> Response {
+    let engine = state.engine().clone();
+    let Start {
+        subscription,
+        covered,
+        first,
+    } = start(&engine, &filter, last_event_id(headers));
     let feed = Feed {
         engine,
         filter,

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::metrics::HttpMetrics;
-use crate::sse::StreamCount;
+use crate::sse::{Lanes, StreamCount};
 
 /// The shared server state. Cheap to clone; every clone is the same server.
 #[derive(Clone)]
@@ -26,6 +26,7 @@ struct Inner {
     sse_keep_alive: Duration,
     http: HttpMetrics,
     sse_streams: Arc<StreamCount>,
+    sse_lanes: Lanes,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
@@ -45,6 +46,7 @@ impl AppState {
                 sse_keep_alive: config.sse_keep_alive,
                 http: HttpMetrics::default(),
                 sse_streams: Arc::default(),
+                sse_lanes: Lanes::default(),
                 shutting_down: AtomicBool::new(false),
                 shutdown: watch::Sender::new(false),
             }),
@@ -79,6 +81,11 @@ impl AppState {
     /// The open SSE streams.
     pub fn sse_streams(&self) -> Arc<StreamCount> {
         self.inner.sse_streams.clone()
+    }
+
+    /// The lanes of the event streams the listener serves directly.
+    pub fn sse_lanes(&self) -> &Lanes {
+        &self.inner.sse_lanes
     }
 
     /// Starts shutting down: `/readyz` turns 503 and every SSE stream ends, so the server's

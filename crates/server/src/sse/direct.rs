@@ -1,0 +1,692 @@
+//! Event streams written straight to their sockets: one writer per lane, not a task per stream.
+//!
+//! The listener ([`crate::listener`]) reads each new connection's request head; a plain
+//! `GET` of an event stream ([`parse_head`]) is served here, everything else by axum. The events
+//! and their order are the same as axum's streams (`super`): a snapshot or a resumption, then
+//! every notification after it, a fresh snapshot after a lag, a keep-alive comment every
+//! `sse_keep_alive`.
+//!
+//! * A **lane** is one engine subscription for one filter and a list of streams; a filter with
+//!   many streams has one lane per tokio worker, streams dealt round-robin, so that a
+//!   notification for 10,000 streams is two wake-ups and two loops of non-blocking writes (each
+//!   yielding to other tasks every tokio budget) instead of 10,000 task wake-ups and polls.
+//! * A **stream** is a socket and what waits for it ([`Out`]). A lane writes an event at once when
+//!   nothing waits before it; what the socket does not take waits in the stream's queue, which
+//!   the stream's own task writes once the socket is writable. The task also watches the socket
+//!   for the client's close and the server's shutdown.
+//! * **Joining**: a stream is put in its lane *holding* (the lane keeps what it would write, with
+//!   its `seq`), then its start is read (snapshot, or replay after `Last-Event-ID`), then it is
+//!   released: the start goes out, then what was held and is newer. So no notification falls
+//!   between the start and the lane, and none is sent twice.
+//! * **Lag**: a stream with more than [`QUEUE_LIMIT`] bytes waiting drops the waiting events
+//!   (the rest of one begun is still written), skips what follows, and once its queue is
+//!   written joins again with a fresh snapshot (`reason: "lagged"`). A lane whose subscription
+//!   lags sends all its streams a fresh snapshot.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use axum::body::Bytes;
+use axum::http::Method;
+use dashmap::DashMap;
+use futures_util::Stream as _;
+use livebattle_engine::{Delivery, Engine, Filter, Subscription};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{last_event_id_value, rendered, snapshot, start, Item, Open, KEEP_ALIVE};
+use crate::state::AppState;
+
+/// The most bytes of events a stream may have waiting for its socket; past it the stream lags.
+pub const QUEUE_LIMIT: usize = 1 << 20;
+
+/// A request head the listener read: an event stream served here, something else, or not
+/// complete yet.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// A plain event-stream request: served by [`serve`].
+    Stream {
+        /// Which events.
+        filter: Filter,
+        /// The route template, for the HTTP counters.
+        route: &'static str,
+        /// `Last-Event-ID`, when given and a number.
+        last_event_id: Option<u64>,
+    },
+    /// Anything else (another route or method, a body, an upgrade, an encoded path segment,
+    /// more bytes after the head…): for axum.
+    Other,
+    /// Could still become a [`Head::Stream`]: read more.
+    Partial,
+}
+
+/// The most bytes the listener reads looking for a request head.
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
+
+/// Classifies the first bytes read from a new connection.
+pub(crate) fn parse_head(bytes: &[u8]) -> Head {
+    const PREFIX: &[u8] = b"GET /v1/";
+    let n = bytes.len().min(PREFIX.len());
+    if bytes[..n] != PREFIX[..n] {
+        return Head::Other;
+    }
+    if !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+        return if bytes.len() < MAX_HEAD {
+            Head::Partial
+        } else {
+            Head::Other
+        };
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        // Bytes after the head (a pipelined request) are axum's to serve.
+        Ok(httparse::Status::Complete(len)) if len == bytes.len() => {}
+        _ => return Head::Other,
+    }
+    if request.version != Some(1) {
+        return Head::Other;
+    }
+    let Some((filter, route)) = request.path.and_then(route_of) else {
+        return Head::Other;
+    };
+    let mut last_event_id = None;
+    for h in request.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            if h.value != b"0" {
+                return Head::Other;
+            }
+        } else if ["transfer-encoding", "upgrade", "expect"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            return Head::Other;
+        } else if name.eq_ignore_ascii_case("last-event-id") && last_event_id.is_none() {
+            last_event_id = Some(last_event_id_value(h.value));
+        }
+    }
+    Head::Stream {
+        filter,
+        route,
+        last_event_id: last_event_id.flatten(),
+    }
+}
+
+/// The event-stream routes, with ids of unreserved characters only (anything percent-encoded
+/// is axum's to decode); a query is ignored, as axum's routes ignore it.
+fn route_of(target: &str) -> Option<(Filter, &'static str)> {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    if path == "/v1/events" {
+        return Some((Filter::All, "/v1/events"));
+    }
+    let id = |prefix: &str| {
+        let id = path.strip_prefix(prefix)?.strip_suffix("/events")?;
+        let plain = id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+        (plain && !id.is_empty() && id != "." && id != "..").then(|| id.to_owned())
+    };
+    if let Some(id) = id("/v1/battles/") {
+        return Some((Filter::Battle(id), "/v1/battles/{battle_id}/events"));
+    }
+    id("/v1/rooms/").map(|id| (Filter::Room(id), "/v1/rooms/{room_id}/events"))
+}
+
+/// Serves an event stream on `socket`, whose request head has been read: answers `200` and
+/// runs the stream on its own task until the client leaves or the server shuts down.
+pub(crate) fn serve(
+    state: AppState,
+    socket: TcpStream,
+    filter: Filter,
+    route: &'static str,
+    last_event_id: Option<u64>,
+) {
+    state.http_metrics().record(route, &Method::GET, 200);
+    tracing::debug!(method = "GET", route, status = 200, "request");
+    tokio::spawn(run(state, socket, filter, last_event_id));
+}
+
+/// The response head: hyper's for the same stream (chunked, dated).
+fn response_head() -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         x-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: {}\r\n\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    )
+}
+
+/// `data` as one HTTP/1.1 chunk.
+fn chunk(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 12);
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// The end of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// One stream's task: the head, then joining its lane and serving until the client leaves or
+/// the server shuts down (when it ends the body and closes).
+async fn run(state: AppState, mut socket: TcpStream, filter: Filter, last_event_id: Option<u64>) {
+    let _open = Open::new(state.sse_streams());
+    // Each event is a whole message: no waiting for the client's acknowledgement of the last.
+    let _ = socket.set_nodelay(true);
+    if socket.write_all(response_head().as_bytes()).await.is_err() {
+        return;
+    }
+    let stream = Arc::new(Stream {
+        socket,
+        out: Mutex::new(Out {
+            holding: true,
+            ..Out::default()
+        }),
+        wake: Notify::new(),
+    });
+    let lanes = state.sse_lanes();
+    let (key, lane) = lanes.join(&state, filter.clone(), &stream);
+    let mut shutdown = std::pin::pin!(state.shutdown_signal());
+    let mut resume = Resume::LastEventId(last_event_id);
+    let ended = loop {
+        let (frames, covered) = begin(state.engine(), &filter, resume);
+        stream.release(frames, covered);
+        match stream.serve(shutdown.as_mut()).await {
+            Ended::Lagged => resume = Resume::Lagged,
+            other => break other,
+        }
+    };
+    lanes.leave(&key, &lane, &stream);
+    if ended == Ended::Shutdown {
+        let _ = stream.socket.try_write(LAST_CHUNK);
+    }
+}
+
+/// How a stream (re)starts.
+enum Resume {
+    /// Its request's `Last-Event-ID`, if any.
+    LastEventId(Option<u64>),
+    /// It fell behind: a fresh snapshot.
+    Lagged,
+}
+
+/// The chunks a stream starts with and the `seq` they cover: the start rule shared with axum's
+/// streams ([`start`]), its replay read at once.
+fn begin(engine: &Engine, filter: &Filter, resume: Resume) -> (Vec<Bytes>, u64) {
+    let fresh = |reason| {
+        let s = snapshot(engine, filter, reason);
+        let seq = s.seq;
+        (Item::Snapshot(s).into_frame().map(|f| chunk(&f)), seq)
+    };
+    let (frame, covered) = match resume {
+        Resume::Lagged => fresh("lagged"),
+        Resume::LastEventId(id) => {
+            let mut start = start(engine, filter, id);
+            let mut frames: Vec<Bytes> = start
+                .first
+                .take()
+                .and_then(|s| Item::Snapshot(s).into_frame())
+                .map(|f| chunk(&f))
+                .into_iter()
+                .collect();
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut covered = start.covered;
+            loop {
+                match Pin::new(&mut start.subscription).poll_next(&mut cx) {
+                    Poll::Ready(Some(Delivery::Notification(n))) if n.seq > covered => {
+                        covered = n.seq;
+                        if let Ok(f) = rendered(&n) {
+                            frames.push(chunk(&f));
+                        }
+                    }
+                    Poll::Ready(Some(Delivery::Notification(_))) => {}
+                    Poll::Ready(Some(Delivery::Lagged { .. })) => break fresh("lagged"),
+                    Poll::Ready(None) | Poll::Pending => return (frames, covered),
+                }
+            }
+        }
+    };
+    (frame.into_iter().collect(), covered)
+}
+
+/// How a stream's serving ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// It fell behind and has written what it had: start again with a fresh snapshot.
+    Lagged,
+    /// The client left, a write failed, or the engine is gone.
+    Closed,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// A socket and what waits for it.
+struct Stream {
+    socket: TcpStream,
+    out: Mutex<Out>,
+    /// Rung when the queue gains bytes the lane could not write, or the stream is closed.
+    wake: Notify,
+}
+
+/// What a stream has sent and what waits, under its lock.
+#[derive(Default)]
+struct Out {
+    /// Notifications up to this `seq` are sent, queued or covered by what was.
+    covered: u64,
+    /// Joining: the lane's events are kept in `held`, not written.
+    holding: bool,
+    held: Vec<(u64, Bytes)>,
+    held_bytes: usize,
+    /// Bytes the socket has not taken yet, in order.
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    /// The queue's first buffer is the rest of an event partly written.
+    begun: bool,
+    /// Fell behind: events are skipped until the queue is written and a snapshot sent.
+    lagged: bool,
+    /// The socket failed or the engine is gone.
+    closed: bool,
+}
+
+/// What the stream's task waits for next.
+enum Step {
+    Idle,
+    Blocked,
+    Done(Ended),
+}
+
+impl Stream {
+    fn out(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lane's `chunk` for this stream: a notification's or snapshot's (`seq`), or a
+    /// keep-alive (`None`). Written at once when nothing waits before it.
+    fn offer(&self, seq: Option<u64>, chunk: &Bytes) {
+        let mut out = self.out();
+        if out.closed {
+            return;
+        }
+        if out.holding {
+            if let Some(seq) = seq {
+                out.held_bytes += chunk.len();
+                out.held.push((seq, chunk.clone()));
+                if out.held_bytes > QUEUE_LIMIT {
+                    // Released into a lag: a fresh snapshot follows the start.
+                    out.held.clear();
+                    out.held_bytes = 0;
+                    out.lagged = true;
+                }
+            }
+            return;
+        }
+        if let Some(seq) = seq {
+            if seq <= out.covered {
+                return;
+            }
+            out.covered = seq;
+        }
+        if out.lagged || (seq.is_none() && !out.queue.is_empty()) {
+            return;
+        }
+        if out.queue.is_empty() {
+            match self.socket.try_write(chunk) {
+                Ok(n) if n == chunk.len() => return,
+                Ok(n) => out.enqueue(chunk.slice(n..), n > 0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    out.enqueue(chunk.clone(), false)
+                }
+                Err(_) => out.closed = true,
+            }
+        } else {
+            out.enqueue(chunk.clone(), false);
+        }
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    /// Ends holding: `frames` (the start, covering up to `covered`) go out first, then what the
+    /// lane held that is newer.
+    fn release(&self, frames: Vec<Bytes>, covered: u64) {
+        let mut out = self.out();
+        let out = &mut *out;
+        out.covered = covered;
+        for frame in frames {
+            out.queued += frame.len();
+            out.queue.push_back(frame);
+        }
+        for (seq, frame) in std::mem::take(&mut out.held) {
+            if seq > out.covered {
+                out.covered = seq;
+                out.queued += frame.len();
+                out.queue.push_back(frame);
+            }
+        }
+        out.held_bytes = 0;
+        out.holding = false;
+    }
+
+    /// Writes what waits, watches for the client leaving and for shutdown, until the stream
+    /// lags (its queue written), closes or the server shuts down.
+    async fn serve(&self, mut shutdown: Pin<&mut impl Future<Output = ()>>) -> Ended {
+        loop {
+            let step = self.step();
+            let blocked = match step {
+                Step::Done(ended) => return ended,
+                Step::Blocked => true,
+                Step::Idle => false,
+            };
+            tokio::select! {
+                _ = self.wake.notified(), if !blocked => {}
+                _ = self.socket.writable(), if blocked => {}
+                _ = self.socket.readable() => {
+                    if self.client_left() {
+                        return Ended::Closed;
+                    }
+                }
+                () = shutdown.as_mut() => return Ended::Shutdown,
+            }
+        }
+    }
+
+    /// Writes the queue as far as the socket takes it.
+    fn step(&self) -> Step {
+        let mut out = self.out();
+        while let Some(front) = out.queue.front_mut() {
+            match self.socket.try_write(front) {
+                Ok(n) if n == front.len() => {
+                    out.queue.pop_front();
+                    out.queued -= n;
+                    out.begun = false;
+                }
+                Ok(n) => {
+                    *front = front.slice(n..);
+                    out.queued -= n;
+                    out.begun = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Blocked,
+                Err(_) => {
+                    out.closed = true;
+                    break;
+                }
+            }
+        }
+        if out.closed {
+            Step::Done(Ended::Closed)
+        } else if out.lagged {
+            out.lagged = false;
+            out.holding = true;
+            Step::Done(Ended::Lagged)
+        } else {
+            Step::Idle
+        }
+    }
+
+    /// Whether the client closed its side (what it sends is read and ignored).
+    fn client_left(&self) -> bool {
+        let mut scratch = [0u8; 512];
+        match self.socket.try_read(&mut scratch) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Ends the stream from outside (the engine is gone).
+    fn close(&self) {
+        self.out().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+impl Out {
+    /// Queues `bytes` (`begun`: the rest of an event partly written); past [`QUEUE_LIMIT`]
+    /// the stream lags and keeps only an event it began.
+    fn enqueue(&mut self, bytes: Bytes, begun: bool) {
+        if self.queue.is_empty() {
+            self.begun = begun;
+        }
+        self.queued += bytes.len();
+        self.queue.push_back(bytes);
+        if self.queued > QUEUE_LIMIT {
+            let keep = usize::from(self.begun);
+            self.queue.truncate(keep);
+            self.queued = self.queue.iter().map(Bytes::len).sum();
+            self.lagged = true;
+        }
+    }
+}
+
+/// A lane's key: the filter and the lane's number among that filter's.
+type LaneKey = (Filter, usize);
+
+/// Every lane of the server.
+#[derive(Default)]
+pub struct Lanes {
+    map: DashMap<LaneKey, Arc<Lane>>,
+    next: AtomicUsize,
+}
+
+/// One subscription and the streams it writes to.
+struct Lane {
+    streams: Mutex<Vec<Arc<Stream>>>,
+    /// Cancelled when the lane's last stream left.
+    stop: CancellationToken,
+}
+
+impl Lane {
+    fn streams(&self) -> MutexGuard<'_, Vec<Arc<Stream>>> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Lanes {
+    /// How many lanes are open (for tests and diagnostics).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no lane is open.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Puts `stream` in a lane of `filter`, starting the lane (its subscription first) when
+    /// there is none.
+    fn join(&self, state: &AppState, filter: Filter, stream: &Arc<Stream>) -> (LaneKey, Arc<Lane>) {
+        let per_filter = tokio::runtime::Handle::try_current()
+            .map_or(1, |h| h.metrics().num_workers())
+            .max(1);
+        let key = (
+            filter,
+            self.next.fetch_add(1, Ordering::Relaxed) % per_filter,
+        );
+        let lane = match self.map.entry(key.clone()) {
+            dashmap::Entry::Occupied(e) => {
+                let lane = e.get().clone();
+                lane.streams().push(stream.clone());
+                lane
+            }
+            dashmap::Entry::Vacant(v) => {
+                let lane = Arc::new(Lane {
+                    streams: Mutex::new(vec![stream.clone()]),
+                    stop: CancellationToken::new(),
+                });
+                let subscription = state.engine().subscribe(key.0.clone());
+                tokio::spawn(run_lane(
+                    state.clone(),
+                    key.0.clone(),
+                    lane.clone(),
+                    subscription,
+                ));
+                v.insert(lane.clone());
+                lane
+            }
+        };
+        (key, lane)
+    }
+
+    /// Takes `stream` out of its lane, and the lane away when it was the last.
+    fn leave(&self, key: &LaneKey, lane: &Arc<Lane>, stream: &Arc<Stream>) {
+        let empty = {
+            let mut streams = lane.streams();
+            streams.retain(|s| !Arc::ptr_eq(s, stream));
+            streams.is_empty()
+        };
+        if empty
+            && self
+                .map
+                .remove_if(key, |_, l| Arc::ptr_eq(l, lane) && l.streams().is_empty())
+                .is_some()
+        {
+            lane.stop.cancel();
+        }
+    }
+}
+
+/// A lane's task: each notification (or fresh snapshot after a lag, or keep-alive) rendered
+/// once and offered to every stream of the lane.
+async fn run_lane(
+    state: AppState,
+    filter: Filter,
+    lane: Arc<Lane>,
+    mut subscription: Subscription,
+) {
+    let mut keep_alive = super::keep_alive(state.sse_keep_alive());
+    let keep_alive_chunk = chunk(KEEP_ALIVE);
+    let mut shutdown = std::pin::pin!(state.shutdown_signal());
+    loop {
+        let (seq, frame) = tokio::select! {
+            biased;
+            () = lane.stop.cancelled() => return,
+            () = shutdown.as_mut() => return,
+            delivery = subscription.next() => {
+                let item = match delivery {
+                    Some(Delivery::Notification(n)) => Item::Battle(n),
+                    Some(Delivery::Lagged { missed }) => {
+                        tracing::debug!(missed, "SSE lane lagged; sending a fresh snapshot");
+                        Item::Snapshot(snapshot(state.engine(), &filter, "lagged"))
+                    }
+                    None => {
+                        for s in lane.streams().iter() {
+                            s.close();
+                        }
+                        return;
+                    }
+                };
+                let seq = match &item {
+                    Item::Battle(n) => n.seq,
+                    Item::Snapshot(s) => s.seq,
+                };
+                match item.into_frame() {
+                    Some(frame) => (Some(seq), chunk(&frame)),
+                    None => continue,
+                }
+            }
+            _ = keep_alive.tick() => (None, keep_alive_chunk.clone()),
+        };
+        let streams = lane.streams().clone();
+        for stream in &streams {
+            stream.offer(seq, &frame);
+            tokio::task::consume_budget().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(filter: Filter, route: &'static str, last_event_id: Option<u64>) -> Head {
+        Head::Stream {
+            filter,
+            route,
+            last_event_id,
+        }
+    }
+
+    #[test]
+    fn plain_event_stream_requests_are_served_directly() {
+        let battle = "/v1/battles/{battle_id}/events";
+        assert_eq!(
+            parse_head(b"GET /v1/battles/b-1/events HTTP/1.1\r\nHost: x\r\n\r\n"),
+            stream(Filter::Battle("b-1".into()), battle, None)
+        );
+        assert_eq!(
+            parse_head(b"GET /v1/events?x=1 HTTP/1.1\r\nlast-event-ID:  42 \r\n\r\n"),
+            stream(Filter::All, "/v1/events", Some(42))
+        );
+        assert_eq!(
+            parse_head(b"GET /v1/rooms/r_1.~/events HTTP/1.1\r\nLast-Event-ID: x\r\ncontent-length: 0\r\n\r\n"),
+            stream(Filter::Room("r_1.~".into()), "/v1/rooms/{room_id}/events", None)
+        );
+    }
+
+    #[test]
+    fn anything_else_is_for_axum_and_a_prefix_waits_for_more() {
+        for partial in [
+            &b"G"[..],
+            b"GET /v1",
+            b"GET /v1/events HTTP/1.1\r\nHost: x\r\n",
+        ] {
+            assert_eq!(parse_head(partial), Head::Partial, "{partial:?}");
+        }
+        for other in [
+            &b"POST /callback HTTP/1.1\r\n\r\n"[..],
+            b"GET /v1/battles HTTP/1.1\r\n\r\n",
+            b"GET /v1/battles/a%2Fb/events HTTP/1.1\r\n\r\n",
+            b"GET /v1/battles//events HTTP/1.1\r\n\r\n",
+            b"GET /v1/battles/../events HTTP/1.1\r\n\r\n",
+            b"GET /v1/battles/a/b/events HTTP/1.1\r\n\r\n",
+            b"GET /v1/events/ HTTP/1.1\r\n\r\n",
+            b"GET /v1/events HTTP/1.0\r\n\r\n",
+            b"GET /v1/events HTTP/1.1\r\ncontent-length: 3\r\n\r\n",
+            b"GET /v1/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /v1/events HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+            b"GET /v1/events HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /v1/events HTTP/1.1\r\n\r\nGET /v1/time HTTP/1.1\r\n\r\n",
+            b"GET /v1/events HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_head(other),
+                Head::Other,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        let mut long = b"GET /v1/events HTTP/1.1\r\nx: ".to_vec();
+        long.resize(MAX_HEAD, b'a');
+        assert_eq!(parse_head(&long), Head::Other, "too long a head");
+    }
+
+    #[test]
+    fn a_chunk_frames_its_bytes() {
+        assert_eq!(
+            &chunk(b"0123456789abcdefg")[..],
+            b"11\r\n0123456789abcdefg\r\n"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_lags_and_keeps_only_an_event_it_began() {
+        let mut out = Out::default();
+        out.enqueue(Bytes::from_static(b"rest of one"), true);
+        out.enqueue(Bytes::from(vec![b'x'; QUEUE_LIMIT / 2]), false);
+        assert!(!out.lagged);
+        out.enqueue(Bytes::from(vec![b'y'; QUEUE_LIMIT / 2]), false);
+        assert!(out.lagged);
+        assert_eq!(out.queue.len(), 1);
+        assert_eq!(out.queued, b"rest of one".len());
+        let mut fresh = Out::default();
+        fresh.enqueue(Bytes::from(vec![b'z'; QUEUE_LIMIT + 1]), false);
+        assert!(fresh.lagged && fresh.queue.is_empty() && fresh.queued == 0);
+    }
+}
