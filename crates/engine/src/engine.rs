@@ -595,6 +595,12 @@ impl Engine {
         self.inner.shared.hub.last_seq()
     }
 
+    /// How many notifications a subscription may fall behind before it gets
+    /// [`Delivery::Lagged`](crate::Delivery::Lagged) ([`EngineBuilder::channel_capacity`]).
+    pub fn channel_capacity(&self) -> usize {
+        self.inner.shared.hub.channel_capacity()
+    }
+
     /// How many async subscriptions are open.
     pub fn subscriber_count(&self) -> usize {
         self.inner.shared.hub.subscriber_count()

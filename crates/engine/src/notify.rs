@@ -281,6 +281,11 @@ impl Hub {
         self.live.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// How many notifications a subscription may fall behind before it lags.
+    pub(crate) fn channel_capacity(&self) -> usize {
+        self.channel_capacity
+    }
+
     pub(crate) fn last_seq(&self) -> u64 {
         self.inner.lock().map(|g| g.last_seq).unwrap_or(0)
     }

@@ -203,3 +203,103 @@ async fn room_stream_and_keep_alive() {
     assert!(f.comment, "{f:?}");
     server.stop().await.unwrap();
 }
+
+/// Reads `socket` until `done` holds for the events read (within [`WAIT`]).
+async fn raw_events(
+    socket: &mut tokio::net::TcpStream,
+    raw: &mut Vec<u8>,
+    done: impl Fn(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        loop {
+            let events = dechunked_events(raw);
+            if done(&events) {
+                return events;
+            }
+            let mut buf = [0u8; 16 * 1024];
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(raw));
+            raw.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.expect("the events")
+}
+
+/// The `(event, id, data)` of a chunked SSE response read so far (from its head on).
+fn dechunked_events(raw: &[u8]) -> Vec<(String, String, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, mut rest)) = text.split_once("\r\n\r\n") else {
+        return Vec::new();
+    };
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size, 16).unwrap();
+        if after.len() < size + 2 {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    let complete = body.rfind("\n\n").map_or("", |end| &body[..end]);
+    complete
+        .split("\n\n")
+        .filter(|e| !e.is_empty() && !e.starts_with(':'))
+        .map(|e| {
+            let field = |k: &str| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (field("event: "), field("id: "), field("data: "))
+        })
+        .collect()
+}
+
+/// The listener serves a connection's first request when it is a plain event stream, and
+/// axum serves the rest (here a stream opened on a connection a `GET /v1/time` used before):
+/// both send the same events, byte for byte for a notification.
+#[tokio::test]
+async fn a_stream_on_a_reused_connection_sends_the_same_events() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(config()).await;
+    server.create_running("reuse-1", 60_000).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let request = b"GET /v1/battles/reuse-1/events HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    let mut reused = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    reused
+        .write_all(b"GET /v1/time HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut time = Vec::new();
+    while !String::from_utf8_lossy(&time).contains("}") {
+        let mut buf = [0u8; 4096];
+        let n = reused.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        time.extend_from_slice(&buf[..n]);
+    }
+    assert!(time.starts_with(b"HTTP/1.1 200 OK"));
+    reused.write_all(request).await.unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (socket, raw) in [(&mut first, &mut a), (&mut reused, &mut b)] {
+        let events = raw_events(socket, raw, |e| !e.is_empty()).await;
+        assert_eq!(events[0].0, "snapshot");
+        assert!(events[0].2.contains("reuse-1"), "{}", events[0].2);
+    }
+    server.admin("/v1/battles/reuse-1/end", &json!({})).await;
+    let ended = |e: &[(String, String, String)]| e.len() == 2;
+    let (one, two) = (
+        raw_events(&mut first, &mut a, ended).await,
+        raw_events(&mut reused, &mut b, ended).await,
+    );
+    assert_eq!(one[0].1, two[0].1, "the snapshots cover the same seq");
+    assert_eq!(one[1], two[1], "the same notification");
+    assert_eq!(one[1].0, "battle");
+    assert!(one[1].2.contains("\"to\":\"ended\""), "{}", one[1].2);
+    server.stop().await.unwrap();
+}

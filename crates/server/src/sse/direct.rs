@@ -18,10 +18,12 @@
 //!   its `seq`), then its start is read (snapshot, or replay after `Last-Event-ID`), then it is
 //!   released: the start goes out, then what was held and is newer. So no notification falls
 //!   between the start and the lane, and none is sent twice.
-//! * **Lag**: a stream with more than [`QUEUE_LIMIT`] bytes waiting drops the waiting events
-//!   (the rest of one begun is still written), skips what follows, and once its queue is
-//!   written joins again with a fresh snapshot (`reason: "lagged"`). A lane whose subscription
-//!   lags sends all its streams a fresh snapshot.
+//! * **Lag**: a stream more events behind than a subscription may fall
+//!   ([`Engine::channel_capacity`], 1,024) drops the waiting events (the rest of one begun is
+//!   still written), skips what follows, and once its queue is written starts again with a
+//!   fresh snapshot (`reason: "lagged"`), as axum's streams do when their subscription lags.
+//!   Waiting events share the lane's buffers: a stream's queue costs a pointer per event. A
+//!   lane whose subscription lags sends all its streams a fresh snapshot.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -43,9 +45,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{last_event_id_value, rendered, snapshot, start, Item, Open, KEEP_ALIVE};
 use crate::state::AppState;
-
-/// The most bytes of events a stream may have waiting for its socket; past it the stream lags.
-pub const QUEUE_LIMIT: usize = 1 << 20;
 
 /// A request head the listener read: an event stream served here, something else, or not
 /// complete yet.
@@ -186,6 +185,7 @@ async fn run(state: AppState, mut socket: TcpStream, filter: Filter, last_event_
     }
     let stream = Arc::new(Stream {
         socket,
+        limit: state.engine().channel_capacity(),
         out: Mutex::new(Out {
             holding: true,
             ..Out::default()
@@ -271,6 +271,8 @@ enum Ended {
 /// A socket and what waits for it.
 struct Stream {
     socket: TcpStream,
+    /// How many events may wait before the stream lags.
+    limit: usize,
     out: Mutex<Out>,
     /// Rung when the queue gains bytes the lane could not write, or the stream is closed.
     wake: Notify,
@@ -284,10 +286,11 @@ struct Out {
     /// Joining: the lane's events are kept in `held`, not written.
     holding: bool,
     held: Vec<(u64, Bytes)>,
-    held_bytes: usize,
-    /// Bytes the socket has not taken yet, in order.
-    queue: VecDeque<Bytes>,
-    queued: usize,
+    /// Bytes the socket has not taken yet, in order (`true`: an event the lane offered, which
+    /// counts in `behind`; the start's frames do not).
+    queue: VecDeque<(Bytes, bool)>,
+    /// Offered events waiting in the queue.
+    behind: usize,
     /// The queue's first buffer is the rest of an event partly written.
     begun: bool,
     /// Fell behind: events are skipped until the queue is written and a snapshot sent.
@@ -317,12 +320,10 @@ impl Stream {
         }
         if out.holding {
             if let Some(seq) = seq {
-                out.held_bytes += chunk.len();
                 out.held.push((seq, chunk.clone()));
-                if out.held_bytes > QUEUE_LIMIT {
+                if out.held.len() > self.limit {
                     // Released into a lag: a fresh snapshot follows the start.
                     out.held.clear();
-                    out.held_bytes = 0;
                     out.lagged = true;
                 }
             }
@@ -340,14 +341,14 @@ impl Stream {
         if out.queue.is_empty() {
             match self.socket.try_write(chunk) {
                 Ok(n) if n == chunk.len() => return,
-                Ok(n) => out.enqueue(chunk.slice(n..), n > 0),
+                Ok(n) => out.enqueue(chunk.slice(n..), n > 0, self.limit),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    out.enqueue(chunk.clone(), false)
+                    out.enqueue(chunk.clone(), false, self.limit)
                 }
                 Err(_) => out.closed = true,
             }
         } else {
-            out.enqueue(chunk.clone(), false);
+            out.enqueue(chunk.clone(), false, self.limit);
         }
         drop(out);
         self.wake.notify_one();
@@ -359,18 +360,14 @@ impl Stream {
         let mut out = self.out();
         let out = &mut *out;
         out.covered = covered;
-        for frame in frames {
-            out.queued += frame.len();
-            out.queue.push_back(frame);
-        }
+        out.queue.extend(frames.into_iter().map(|f| (f, false)));
         for (seq, frame) in std::mem::take(&mut out.held) {
             if seq > out.covered {
                 out.covered = seq;
-                out.queued += frame.len();
-                out.queue.push_back(frame);
+                out.queue.push_back((frame, true));
+                out.behind += 1;
             }
         }
-        out.held_bytes = 0;
         out.holding = false;
     }
 
@@ -400,16 +397,16 @@ impl Stream {
     /// Writes the queue as far as the socket takes it.
     fn step(&self) -> Step {
         let mut out = self.out();
-        while let Some(front) = out.queue.front_mut() {
+        while let Some((front, _)) = out.queue.front_mut() {
             match self.socket.try_write(front) {
                 Ok(n) if n == front.len() => {
-                    out.queue.pop_front();
-                    out.queued -= n;
+                    if let Some((_, true)) = out.queue.pop_front() {
+                        out.behind -= 1;
+                    }
                     out.begun = false;
                 }
                 Ok(n) => {
                     *front = front.slice(n..);
-                    out.queued -= n;
                     out.begun = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Blocked,
@@ -448,18 +445,17 @@ impl Stream {
 }
 
 impl Out {
-    /// Queues `bytes` (`begun`: the rest of an event partly written); past [`QUEUE_LIMIT`]
-    /// the stream lags and keeps only an event it began.
-    fn enqueue(&mut self, bytes: Bytes, begun: bool) {
+    /// Queues an offered event's `bytes` (`begun`: the rest of one partly written); more than
+    /// `limit` events behind, the stream lags and keeps only what it began writing.
+    fn enqueue(&mut self, bytes: Bytes, begun: bool, limit: usize) {
         if self.queue.is_empty() {
             self.begun = begun;
         }
-        self.queued += bytes.len();
-        self.queue.push_back(bytes);
-        if self.queued > QUEUE_LIMIT {
-            let keep = usize::from(self.begun);
-            self.queue.truncate(keep);
-            self.queued = self.queue.iter().map(Bytes::len).sum();
+        self.queue.push_back((bytes, true));
+        self.behind += 1;
+        if self.behind > limit {
+            self.queue.truncate(usize::from(self.begun));
+            self.behind = self.queue.iter().filter(|(_, counted)| *counted).count();
             self.lagged = true;
         }
     }
@@ -603,7 +599,266 @@ async fn run_lane(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use livebattle_engine::{Created, Event};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpSocket};
+
     use super::*;
+    use crate::config::Config;
+
+    /// A connected pair: the client (its receive buffer `rcvbuf` bytes when given) and the
+    /// server's socket.
+    async fn pair(rcvbuf: Option<u32>) -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        if let Some(n) = rcvbuf {
+            socket.set_recv_buffer_size(n).unwrap();
+        }
+        let client = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    async fn state(capacity: usize) -> AppState {
+        let engine = Engine::builder()
+            .channel_capacity(capacity)
+            .start()
+            .await
+            .unwrap();
+        let mut config = Config::default();
+        config.ingest.apps = vec![livebattle_ingest::AppConfig::with_token("1400000001", "t")];
+        AppState::new(engine, &config).unwrap()
+    }
+
+    fn created(id: String, extension: &str) -> Event {
+        Event::Created(Created {
+            battle_id: id.clone(),
+            from_room: Some(format!("{id}-a")),
+            to_rooms: vec![format!("{id}-b")],
+            duration_ms: Some(60_000),
+            need_response: Some(false),
+            extension_info: Some(extension.to_owned()),
+            ..Default::default()
+        })
+    }
+
+    /// One SSE event read off the wire.
+    #[derive(Debug)]
+    struct Event_ {
+        name: String,
+        id: u64,
+        data: String,
+    }
+
+    /// Reads a chunked SSE response: the head, then events.
+    #[derive(Default)]
+    struct Wire {
+        raw: Vec<u8>,
+        /// Where the next chunk starts, once the head is read.
+        at: Option<usize>,
+        body: Vec<u8>,
+        events: Vec<Event_>,
+        ended: bool,
+    }
+
+    impl Wire {
+        /// Reads until `done` holds for the events read, within 20 s.
+        async fn until(&mut self, socket: &mut TcpStream, done: impl Fn(&[Event_]) -> bool) {
+            let read = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                while !done(&self.events) {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the stream closed; events: {:?}", self.events.len());
+                    self.push(&buf[..n]);
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), read)
+                .await
+                .expect("the events within 20 s");
+        }
+
+        fn push(&mut self, bytes: &[u8]) {
+            self.raw.extend_from_slice(bytes);
+            if self.at.is_none() {
+                let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&self.raw[..end]).to_lowercase();
+                assert!(head.starts_with("http/1.1 200 ok"), "{head}");
+                assert!(head.contains("content-type: text/event-stream"), "{head}");
+                assert!(head.contains("transfer-encoding: chunked"), "{head}");
+                self.at = Some(end + 4);
+            }
+            while let Some(at) = self.at {
+                let rest = &self.raw[at..];
+                let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                    break;
+                };
+                let len =
+                    usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap(), 16).unwrap();
+                if rest.len() < eol + 2 + len + 2 {
+                    break;
+                }
+                if len == 0 {
+                    self.ended = true;
+                }
+                self.body.extend_from_slice(&rest[eol + 2..eol + 2 + len]);
+                self.at = Some(at + eol + 2 + len + 2);
+            }
+            while let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
+                let text = String::from_utf8(self.body.drain(..end + 2).collect()).unwrap();
+                let mut event = Event_ {
+                    name: String::new(),
+                    id: 0,
+                    data: String::new(),
+                };
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event.name = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = v.parse().unwrap();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        event.data = v.to_owned();
+                    }
+                }
+                if !event.name.is_empty() {
+                    self.events.push(event);
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_lags_then_gets_a_fresh_snapshot_and_all_after() {
+        // Streams lag 64 events behind; the lane itself never falls behind by that much.
+        let state = state(64).await;
+        let engine = state.engine().clone();
+        let (mut client, server) = pair(Some(4096)).await;
+        serve(state.clone(), server, Filter::All, "/v1/events", None);
+        let mut wire = Wire::default();
+        wire.until(&mut client, |e| !e.is_empty()).await;
+        assert_eq!(wire.events[0].name, "snapshot");
+        // ≈ 24 MiB of events the client does not read: more than the sockets' buffers and
+        // the queue hold.
+        let extension = "x".repeat(8 * 1024);
+        for batch in 0..300 {
+            let events = (0..10)
+                .map(|i| created(format!("lag-{batch}-{i}"), &extension))
+                .collect();
+            for r in engine.apply_batch(events).await {
+                r.unwrap();
+            }
+        }
+        let last = engine.last_seq();
+        assert_eq!(last, 3000);
+        wire.until(&mut client, |e| e.last().is_some_and(|e| e.id == last))
+            .await;
+        let lagged = |e: &Event_| e.name == "snapshot" && e.data.contains("\"reason\":\"lagged\"");
+        assert!(
+            wire.events[1..].iter().any(lagged),
+            "a fresh snapshot after a lag"
+        );
+        let ids: Vec<u64> = wire.events.iter().map(|e| e.id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids strictly increase (no event twice, none out of order)"
+        );
+        // After the last fresh snapshot, every notification.
+        let more = (0..10).map(|i| created(format!("after-{i}"), "")).collect();
+        for r in engine.apply_batch(more).await {
+            r.unwrap();
+        }
+        wire.until(&mut client, |e| e.last().is_some_and(|e| e.id == last + 10))
+            .await;
+        let lag = wire.events.iter().rposition(lagged).unwrap_or(0);
+        let after: Vec<u64> = wire.events[lag + 1..].iter().map(|e| e.id).collect();
+        let expected: Vec<u64> = (wire.events[lag].id + 1..=last + 10).collect();
+        assert!(
+            after == expected,
+            "every notification after the fresh snapshot at {}: {} of {}",
+            wire.events[lag].id,
+            after.len(),
+            expected.len()
+        );
+        assert_eq!(state.sse_streams().get(), 1);
+        drop(client);
+        gone(&state).await;
+        state.engine().shutdown().await;
+    }
+
+    /// Waits until no stream is open and no lane left.
+    async fn gone(state: &AppState) {
+        let wait = async {
+            while state.sse_streams().get() > 0 || !state.sse_lanes().is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the stream and its lane go");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_share_lanes_and_free_them_when_their_clients_leave() {
+        let state = state(1024).await;
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (client, server) = pair(None).await;
+            serve(state.clone(), server, Filter::Battle("b".into()), "r", None);
+            clients.push(client);
+        }
+        let (mut other, server) = pair(None).await;
+        serve(state.clone(), server, Filter::Room("r".into()), "r", None);
+        let mut wires: Vec<Wire> = (0..4).map(|_| Wire::default()).collect();
+        for (wire, client) in wires.iter_mut().zip(&mut clients) {
+            wire.until(client, |e| !e.is_empty()).await;
+        }
+        state.engine().apply(created("b".into(), "")).await.unwrap();
+        for (wire, client) in wires.iter_mut().zip(&mut clients) {
+            wire.until(client, |e| e.len() == 2).await;
+            assert_eq!(
+                (wire.events[1].name.as_str(), wire.events[1].id),
+                ("battle", 1)
+            );
+        }
+        let mut wire = Wire::default();
+        wire.until(&mut other, |e| !e.is_empty()).await;
+        // A lane per worker for the battle (streams dealt in turn), one for the room.
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        assert_eq!(state.sse_lanes().len(), workers.min(4) + 1);
+        drop(clients);
+        drop(other);
+        gone(&state).await;
+        state.engine().shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_the_body_and_closes() {
+        let state = state(1024).await;
+        let (mut client, server) = pair(None).await;
+        serve(state.clone(), server, Filter::All, "/v1/events", None);
+        let mut wire = Wire::default();
+        wire.until(&mut client, |e| !e.is_empty()).await;
+        state.begin_shutdown();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("closed within 10 s")
+            .unwrap();
+        wire.push(&rest);
+        assert!(
+            wire.ended,
+            "the last chunk: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        gone(&state).await;
+        state.engine().shutdown().await;
+    }
 
     fn stream(filter: Filter, route: &'static str, last_event_id: Option<u64>) -> Head {
         Head::Stream {
@@ -678,15 +933,22 @@ mod tests {
     #[test]
     fn a_full_queue_lags_and_keeps_only_an_event_it_began() {
         let mut out = Out::default();
-        out.enqueue(Bytes::from_static(b"rest of one"), true);
-        out.enqueue(Bytes::from(vec![b'x'; QUEUE_LIMIT / 2]), false);
+        out.enqueue(Bytes::from_static(b"rest of one"), true, 3);
+        out.enqueue(Bytes::from_static(b"two"), false, 3);
+        out.enqueue(Bytes::from_static(b"three"), false, 3);
         assert!(!out.lagged);
-        out.enqueue(Bytes::from(vec![b'y'; QUEUE_LIMIT / 2]), false);
+        out.enqueue(Bytes::from_static(b"four"), false, 3);
         assert!(out.lagged);
-        assert_eq!(out.queue.len(), 1);
-        assert_eq!(out.queued, b"rest of one".len());
-        let mut fresh = Out::default();
-        fresh.enqueue(Bytes::from(vec![b'z'; QUEUE_LIMIT + 1]), false);
-        assert!(fresh.lagged && fresh.queue.is_empty() && fresh.queued == 0);
+        assert_eq!(out.queue, [(Bytes::from_static(b"rest of one"), true)]);
+        assert_eq!(out.behind, 1);
+        // A start's frames do not count.
+        let mut started = Out::default();
+        started
+            .queue
+            .push_back((Bytes::from_static(b"snapshot"), false));
+        started.enqueue(Bytes::from_static(b"one"), false, 1);
+        assert!(!started.lagged);
+        started.enqueue(Bytes::from_static(b"two"), false, 1);
+        assert!(started.lagged && started.queue.is_empty() && started.behind == 0);
     }
 }
