@@ -595,10 +595,11 @@ impl Engine {
         self.inner.shared.hub.last_seq()
     }
 
-    /// How many notifications a subscription may fall behind before it gets
-    /// [`Delivery::Lagged`](crate::Delivery::Lagged) ([`EngineBuilder::channel_capacity`]).
-    pub fn channel_capacity(&self) -> usize {
-        self.inner.shared.hub.channel_capacity()
+    /// How many notifications a subscription with `filter` may fall behind before it gets
+    /// [`Delivery::Lagged`](crate::Delivery::Lagged): [`EngineBuilder::channel_capacity`] for
+    /// every battle, at most 64 for one battle or room.
+    pub fn lag_limit(&self, filter: &Filter) -> usize {
+        self.inner.shared.hub.lag_limit(filter)
     }
 
     /// How many async subscriptions are open.

@@ -281,9 +281,12 @@ impl Hub {
         self.live.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// How many notifications a subscription may fall behind before it lags.
-    pub(crate) fn channel_capacity(&self) -> usize {
-        self.channel_capacity
+    /// How many notifications a subscription with `filter` may fall behind before it lags.
+    pub(crate) fn lag_limit(&self, filter: &Filter) -> usize {
+        match filter {
+            Filter::All => self.channel_capacity,
+            Filter::Battle(_) | Filter::Room(_) => self.channel_capacity.min(KEYED_CAPACITY),
+        }
     }
 
     pub(crate) fn last_seq(&self) -> u64 {
@@ -517,11 +520,11 @@ impl Hub {
         let (rx, keyed) = match &filter {
             Filter::All => (self.all.subscribe(), None),
             Filter::Battle(id) => (
-                keyed_receiver(&self.by_battle, id, self.channel_capacity),
+                keyed_receiver(&self.by_battle, id, self.lag_limit(&filter)),
                 Some(self.by_battle.clone()),
             ),
             Filter::Room(r) => (
-                keyed_receiver(&self.by_room, r, self.channel_capacity),
+                keyed_receiver(&self.by_room, r, self.lag_limit(&filter)),
                 Some(self.by_room.clone()),
             ),
         };
@@ -575,10 +578,10 @@ fn keyed_receiver(
     key: &str,
     capacity: usize,
 ) -> broadcast::Receiver<Arc<Notification>> {
-    // One battle or room has few notifications in flight: a small ring per key keeps many
-    // per-battle streams cheap (each slot is reserved up front).
+    // One battle or room has few notifications in flight: a small ring per key (`lag_limit`)
+    // keeps many per-battle streams cheap (each slot is reserved up front).
     map.entry(key.into())
-        .or_insert_with(|| broadcast::channel(capacity.min(KEYED_CAPACITY)).0)
+        .or_insert_with(|| broadcast::channel(capacity).0)
         .subscribe()
 }
 

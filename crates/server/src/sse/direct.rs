@@ -19,7 +19,7 @@
 //!   released: the start goes out, then what was held and is newer. So no notification falls
 //!   between the start and the lane, and none is sent twice.
 //! * **Lag**: a stream more events behind than a subscription may fall
-//!   ([`Engine::channel_capacity`], 1,024) drops the waiting events (the rest of one begun is
+//!   ([`Engine::lag_limit`]: 1,024, or 64 for one battle or room) drops the waiting events (the rest of one begun is
 //!   still written), skips what follows, and once its queue is written starts again with a
 //!   fresh snapshot (`reason: "lagged"`), as axum's streams do when their subscription lags.
 //!   Waiting events share the lane's buffers: a stream's queue costs a pointer per event. A
@@ -185,7 +185,7 @@ async fn run(state: AppState, mut socket: TcpStream, filter: Filter, last_event_
     }
     let stream = Arc::new(Stream {
         socket,
-        limit: state.engine().channel_capacity(),
+        limit: state.engine().lag_limit(&filter),
         out: Mutex::new(Out {
             holding: true,
             ..Out::default()
