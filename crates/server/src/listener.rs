@@ -75,8 +75,14 @@ async fn sort(
     state: AppState,
 ) {
     let mut head = Vec::with_capacity(1024);
+    let mut shutdown = std::pin::pin!(state.shutdown_signal());
     loop {
-        match socket.read_buf(&mut head).await {
+        let read = tokio::select! {
+            read = socket.read_buf(&mut head) => read,
+            // A connection that sent no whole head yet is closed, as axum closes idle ones.
+            () = shutdown.as_mut() => return,
+        };
+        match read {
             Ok(0) if head.is_empty() => return,
             Ok(0) => break,
             Ok(_) => {}
