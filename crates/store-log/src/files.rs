@@ -135,6 +135,29 @@ pub(crate) fn create(dir: &Path, kind: Kind, number: u64) -> Result<File, StoreE
     Ok(f)
 }
 
+/// Creates `dir` with any missing parents, and syncs the parent of each directory created (or
+/// of `dir`), so that a data dir created just now survives a power cut with its first write.
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect();
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err(dir, format!("cannot create the data directory: {e}")))?;
+    let synced: Vec<&Path> = if missing.is_empty() {
+        vec![dir]
+    } else {
+        missing
+    };
+    // Top down: each new directory's entry in its parent.
+    for created in synced.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes the directory's entries (a new or renamed file) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]

@@ -99,12 +99,7 @@ impl LogStore {
     /// it (cutting off a torn last write) and starts the writer.
     pub fn open_with(dir: impl AsRef<Path>, options: LogOptions) -> Result<LogStore, StoreError> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| files::err(&dir, format!("cannot create the data directory: {e}")))?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // A data dir created just now must survive a power cut with its first write.
-            files::sync_dir(parent)?;
-        }
+        files::create_dir_durably(&dir)?;
         let lock = files::lock(&dir)?;
         let listing = files::list(&dir)?;
         for tmp in &listing.temps {

@@ -261,3 +261,15 @@ fn a_gap_in_the_logs_is_refused() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_data_dir_several_levels_deep_is_created_and_reopened() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("var").join("lib").join("livebattle");
+    {
+        let store = LogStore::open(&dir).unwrap();
+        store.write(vec![put("deep", 1)]).await.unwrap();
+    }
+    let store = LogStore::open(&dir).unwrap();
+    assert_eq!(versions(&store).await, [("deep".to_owned(), 1)]);
+}
