@@ -148,9 +148,13 @@ pub fn cpu_s(pid: u32) -> f64 {
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
-/// The release `livebattle` binary cargo built for this bench.
+/// The release `livebattle` binary cargo built for this bench, or `LIVEBATTLE_BENCH_BIN` (another
+/// build — an earlier commit's, say — to compare against with the same load generator).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_livebattle"))
+    std::env::var_os("LIVEBATTLE_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_livebattle")),
+        PathBuf::from,
+    )
 }
 
 /// The real server process.
