@@ -271,7 +271,7 @@ pub fn prometheus_text(state: &AppState) -> String {
         ),
         (
             "livebattle_subscribers",
-            "Open engine subscriptions (SSE streams and other subscribers).",
+            "Open engine subscriptions (one per SSE lane, per SSE stream served by axum, and any other).",
             engine.subscriber_count() as u64,
         ),
         (

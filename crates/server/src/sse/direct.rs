@@ -1,4 +1,5 @@
-//! Event streams written straight to their sockets: one writer per lane, not a task per stream.
+//! Event streams written straight to their sockets: a notification is written to every stream of
+//! a lane by one task, instead of waking and polling a task per stream.
 //!
 //! The listener ([`crate::listener`]) reads each new connection's request head; a plain
 //! `GET` of an event stream ([`parse_head`]) is served here, everything else by axum. The events
@@ -37,7 +38,7 @@ use axum::body::Bytes;
 use axum::http::Method;
 use dashmap::DashMap;
 use futures_util::Stream as _;
-use livebattle_engine::{Delivery, Engine, Filter, Subscription};
+use livebattle_engine::{Delivery, Engine, Filter, Notification, Subscription};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -76,18 +77,12 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Head {
     if bytes[..n] != PREFIX[..n] {
         return Head::Other;
     }
-    if !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
-        return if bytes.len() < MAX_HEAD {
-            Head::Partial
-        } else {
-            Head::Other
-        };
-    }
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(bytes) {
         // Bytes after the head (a pipelined request) are axum's to serve.
         Ok(httparse::Status::Complete(len)) if len == bytes.len() => {}
+        Ok(httparse::Status::Partial) if bytes.len() < MAX_HEAD => return Head::Partial,
         _ => return Head::Other,
     }
     if request.version != Some(1) {
@@ -197,17 +192,15 @@ async fn run(state: AppState, mut socket: TcpStream, filter: Filter, last_event_
     let mut shutdown = std::pin::pin!(state.shutdown_signal());
     let mut resume = Resume::LastEventId(last_event_id);
     let ended = loop {
-        let (frames, covered) = begin(state.engine(), &filter, resume);
-        stream.release(frames, covered);
+        let (start, covered) = begin(state.engine(), &filter, resume);
+        stream.release(start, covered);
         match stream.serve(shutdown.as_mut()).await {
             Ended::Lagged => resume = Resume::Lagged,
             other => break other,
         }
     };
+    stream.finish(ended == Ended::Shutdown);
     lanes.leave(&key, &lane, &stream);
-    if ended == Ended::Shutdown {
-        let _ = stream.socket.try_write(LAST_CHUNK);
-    }
 }
 
 /// How a stream (re)starts.
@@ -218,23 +211,25 @@ enum Resume {
     Lagged,
 }
 
-/// The chunks a stream starts with and the `seq` they cover: the start rule shared with axum's
-/// streams ([`start`]), its replay read at once.
-fn begin(engine: &Engine, filter: &Filter, resume: Resume) -> (Vec<Bytes>, u64) {
+/// What a stream starts with and the `seq` it covers: the start rule shared with axum's streams
+/// ([`start`]); a replay (up to the ring's 100,000 notifications) is taken at once but rendered
+/// only as the socket gets to it, as axum's stream renders it.
+fn begin(engine: &Engine, filter: &Filter, resume: Resume) -> (Vec<Waiting>, u64) {
     let fresh = |reason| {
         let s = snapshot(engine, filter, reason);
         let seq = s.seq;
-        (Item::Snapshot(s).into_frame().map(|f| chunk(&f)), seq)
+        let frame = Item::Snapshot(s).into_frame();
+        (frame.map(|f| Waiting::Chunk(chunk(&f), false)), seq)
     };
     let (frame, covered) = match resume {
         Resume::Lagged => fresh("lagged"),
         Resume::LastEventId(id) => {
             let mut start = start(engine, filter, id);
-            let mut frames: Vec<Bytes> = start
+            let mut waiting: Vec<Waiting> = start
                 .first
                 .take()
                 .and_then(|s| Item::Snapshot(s).into_frame())
-                .map(|f| chunk(&f))
+                .map(|f| Waiting::Chunk(chunk(&f), false))
                 .into_iter()
                 .collect();
             let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -243,18 +238,26 @@ fn begin(engine: &Engine, filter: &Filter, resume: Resume) -> (Vec<Bytes>, u64) 
                 match Pin::new(&mut start.subscription).poll_next(&mut cx) {
                     Poll::Ready(Some(Delivery::Notification(n))) if n.seq > covered => {
                         covered = n.seq;
-                        if let Ok(f) = rendered(&n) {
-                            frames.push(chunk(&f));
-                        }
+                        waiting.push(Waiting::Replay(n));
                     }
                     Poll::Ready(Some(Delivery::Notification(_))) => {}
                     Poll::Ready(Some(Delivery::Lagged { .. })) => break fresh("lagged"),
-                    Poll::Ready(None) | Poll::Pending => return (frames, covered),
+                    Poll::Ready(None) | Poll::Pending => return (waiting, covered),
                 }
             }
         }
     };
     (frame.into_iter().collect(), covered)
+}
+
+/// What waits for a stream's socket.
+#[derive(Debug, PartialEq)]
+enum Waiting {
+    /// An HTTP chunk, or the rest of one (`true`: an event the lane offered, counted in
+    /// `Out::behind`; a start's chunks and keep-alives are not).
+    Chunk(Bytes, bool),
+    /// A replayed notification, rendered when the socket gets to it.
+    Replay(Arc<Notification>),
 }
 
 /// How a stream's serving ended.
@@ -286,16 +289,15 @@ struct Out {
     /// Joining: the lane's events are kept in `held`, not written.
     holding: bool,
     held: Vec<(u64, Bytes)>,
-    /// Bytes the socket has not taken yet, in order (`true`: an event the lane offered, which
-    /// counts in `behind`; the start's frames do not).
-    queue: VecDeque<(Bytes, bool)>,
+    /// What the socket has not taken yet, in order.
+    queue: VecDeque<Waiting>,
     /// Offered events waiting in the queue.
     behind: usize,
     /// The queue's first buffer is the rest of an event partly written.
     begun: bool,
     /// Fell behind: events are skipped until the queue is written and a snapshot sent.
     lagged: bool,
-    /// The socket failed or the engine is gone.
+    /// The socket failed, the engine is gone or the stream ended.
     closed: bool,
 }
 
@@ -319,10 +321,11 @@ impl Stream {
             return;
         }
         if out.holding {
-            if let Some(seq) = seq {
+            // Once too much was held, nothing more is: released into a lag, the stream sends
+            // its start, then a fresh snapshot.
+            if let (Some(seq), false) = (seq, out.lagged) {
                 out.held.push((seq, chunk.clone()));
                 if out.held.len() > self.limit {
-                    // Released into a lag: a fresh snapshot follows the start.
                     out.held.clear();
                     out.lagged = true;
                 }
@@ -338,37 +341,48 @@ impl Stream {
         if out.lagged || (seq.is_none() && !out.queue.is_empty()) {
             return;
         }
+        let event = seq.is_some();
         if out.queue.is_empty() {
             match self.socket.try_write(chunk) {
                 Ok(n) if n == chunk.len() => return,
-                Ok(n) => out.enqueue(chunk.slice(n..), n > 0, self.limit),
+                Ok(n) => out.enqueue(chunk.slice(n..), n > 0, event, self.limit),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    out.enqueue(chunk.clone(), false, self.limit)
+                    out.enqueue(chunk.clone(), false, event, self.limit)
                 }
                 Err(_) => out.closed = true,
             }
         } else {
-            out.enqueue(chunk.clone(), false, self.limit);
+            out.enqueue(chunk.clone(), false, event, self.limit);
         }
         drop(out);
         self.wake.notify_one();
     }
 
-    /// Ends holding: `frames` (the start, covering up to `covered`) go out first, then what the
-    /// lane held that is newer.
-    fn release(&self, frames: Vec<Bytes>, covered: u64) {
+    /// Ends holding: `start` (covering up to `covered`) goes out first, then what the lane held
+    /// that is newer.
+    fn release(&self, start: Vec<Waiting>, covered: u64) {
         let mut out = self.out();
         let out = &mut *out;
         out.covered = covered;
-        out.queue.extend(frames.into_iter().map(|f| (f, false)));
+        out.queue.extend(start);
         for (seq, frame) in std::mem::take(&mut out.held) {
             if seq > out.covered {
                 out.covered = seq;
-                out.queue.push_back((frame, true));
+                out.queue.push_back(Waiting::Chunk(frame, true));
                 out.behind += 1;
             }
         }
         out.holding = false;
+    }
+
+    /// Ends the stream: nothing more is written; at shutdown a body whose every chunk went out
+    /// gets its last chunk (one cut mid-chunk is just closed).
+    fn finish(&self, shutdown: bool) {
+        let mut out = self.out();
+        out.closed = true;
+        if shutdown && out.queue.is_empty() {
+            let _ = self.socket.try_write(LAST_CHUNK);
+        }
     }
 
     /// Writes what waits, watches for the client leaving and for shutdown, until the stream
@@ -382,7 +396,8 @@ impl Stream {
                 Step::Idle => false,
             };
             tokio::select! {
-                _ = self.wake.notified(), if !blocked => {}
+                // Also while blocked: a close from outside must be heard.
+                _ = self.wake.notified() => {}
                 _ = self.socket.writable(), if blocked => {}
                 _ = self.socket.readable() => {
                     if self.client_left() {
@@ -396,24 +411,38 @@ impl Stream {
 
     /// Writes the queue as far as the socket takes it.
     fn step(&self) -> Step {
-        let mut out = self.out();
-        while let Some((front, _)) = out.queue.front_mut() {
-            match self.socket.try_write(front) {
-                Ok(n) if n == front.len() => {
-                    if let Some((_, true)) = out.queue.pop_front() {
+        let mut guard = self.out();
+        let out = &mut *guard;
+        while !out.closed {
+            let Some(front) = out.queue.front_mut() else {
+                break;
+            };
+            let bytes = match front {
+                Waiting::Chunk(bytes, _) => bytes,
+                Waiting::Replay(n) => {
+                    match rendered(n) {
+                        Ok(f) => *front = Waiting::Chunk(chunk(&f), false),
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not serialise an SSE event");
+                            out.queue.pop_front();
+                        }
+                    }
+                    continue;
+                }
+            };
+            match self.socket.try_write(bytes) {
+                Ok(n) if n == bytes.len() => {
+                    if let Some(Waiting::Chunk(_, true)) = out.queue.pop_front() {
                         out.behind -= 1;
                     }
                     out.begun = false;
                 }
                 Ok(n) => {
-                    *front = front.slice(n..);
+                    *bytes = bytes.slice(n..);
                     out.begun = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Blocked,
-                Err(_) => {
-                    out.closed = true;
-                    break;
-                }
+                Err(_) => out.closed = true,
             }
         }
         if out.closed {
@@ -445,17 +474,22 @@ impl Stream {
 }
 
 impl Out {
-    /// Queues an offered event's `bytes` (`begun`: the rest of one partly written); more than
-    /// `limit` events behind, the stream lags and keeps only what it began writing.
-    fn enqueue(&mut self, bytes: Bytes, begun: bool, limit: usize) {
+    /// Queues an offered chunk's `bytes` (`begun`: the rest of one partly written; `event`: an
+    /// event, not a keep-alive); more than `limit` events behind, the stream lags and keeps
+    /// only what it began writing.
+    fn enqueue(&mut self, bytes: Bytes, begun: bool, event: bool, limit: usize) {
         if self.queue.is_empty() {
             self.begun = begun;
         }
-        self.queue.push_back((bytes, true));
-        self.behind += 1;
+        self.queue.push_back(Waiting::Chunk(bytes, event));
+        self.behind += usize::from(event);
         if self.behind > limit {
             self.queue.truncate(usize::from(self.begun));
-            self.behind = self.queue.iter().filter(|(_, counted)| *counted).count();
+            self.behind = self
+                .queue
+                .iter()
+                .filter(|w| matches!(w, Waiting::Chunk(_, true)))
+                .count();
             self.lagged = true;
         }
     }
@@ -519,7 +553,7 @@ impl Lanes {
                 let subscription = state.engine().subscribe(key.0.clone());
                 tokio::spawn(run_lane(
                     state.clone(),
-                    key.0.clone(),
+                    key.clone(),
                     lane.clone(),
                     subscription,
                 ));
@@ -550,12 +584,8 @@ impl Lanes {
 
 /// A lane's task: each notification (or fresh snapshot after a lag, or keep-alive) rendered
 /// once and offered to every stream of the lane.
-async fn run_lane(
-    state: AppState,
-    filter: Filter,
-    lane: Arc<Lane>,
-    mut subscription: Subscription,
-) {
+async fn run_lane(state: AppState, key: LaneKey, lane: Arc<Lane>, mut subscription: Subscription) {
+    let filter = &key.0;
     let mut keep_alive = super::keep_alive(state.sse_keep_alive());
     let keep_alive_chunk = chunk(KEEP_ALIVE);
     let mut shutdown = std::pin::pin!(state.shutdown_signal());
@@ -569,9 +599,12 @@ async fn run_lane(
                     Some(Delivery::Notification(n)) => Item::Battle(n),
                     Some(Delivery::Lagged { missed }) => {
                         tracing::debug!(missed, "SSE lane lagged; sending a fresh snapshot");
-                        Item::Snapshot(snapshot(state.engine(), &filter, "lagged"))
+                        Item::Snapshot(snapshot(state.engine(), filter, "lagged"))
                     }
                     None => {
+                        // The engine is gone: no stream joins this lane any more, and those
+                        // in it end.
+                        state.sse_lanes().map.remove_if(&key, |_, l| Arc::ptr_eq(l, &lane));
                         for s in lane.streams().iter() {
                             s.close();
                         }
@@ -917,6 +950,12 @@ mod tests {
                 String::from_utf8_lossy(other)
             );
         }
+        // Bare line feeds end a head, as hyper reads them.
+        assert_eq!(parse_head(b"GET /v1/time HTTP/1.1\n\n"), Head::Other);
+        assert_eq!(
+            parse_head(b"GET /v1/events HTTP/1.1\nHost: x\n\n"),
+            stream(Filter::All, "/v1/events", None)
+        );
         let mut long = b"GET /v1/events HTTP/1.1\r\nx: ".to_vec();
         long.resize(MAX_HEAD, b'a');
         assert_eq!(parse_head(&long), Head::Other, "too long a head");
@@ -932,23 +971,78 @@ mod tests {
 
     #[test]
     fn a_full_queue_lags_and_keeps_only_an_event_it_began() {
+        let chunk = |b: &'static [u8], counted| Waiting::Chunk(Bytes::from_static(b), counted);
         let mut out = Out::default();
-        out.enqueue(Bytes::from_static(b"rest of one"), true, 3);
-        out.enqueue(Bytes::from_static(b"two"), false, 3);
-        out.enqueue(Bytes::from_static(b"three"), false, 3);
-        assert!(!out.lagged);
-        out.enqueue(Bytes::from_static(b"four"), false, 3);
+        out.enqueue(Bytes::from_static(b"rest of one"), true, true, 3);
+        out.enqueue(Bytes::from_static(b"two"), false, true, 3);
+        out.enqueue(Bytes::from_static(b": keep-alive"), false, false, 3);
+        out.enqueue(Bytes::from_static(b"three"), false, true, 3);
+        assert!(!out.lagged, "a keep-alive does not count");
+        out.enqueue(Bytes::from_static(b"four"), false, true, 3);
         assert!(out.lagged);
-        assert_eq!(out.queue, [(Bytes::from_static(b"rest of one"), true)]);
+        assert_eq!(out.queue, [chunk(b"rest of one", true)]);
         assert_eq!(out.behind, 1);
-        // A start's frames do not count.
+        // A start's chunks do not count.
         let mut started = Out::default();
-        started
-            .queue
-            .push_back((Bytes::from_static(b"snapshot"), false));
-        started.enqueue(Bytes::from_static(b"one"), false, 1);
+        started.queue.push_back(chunk(b"snapshot", false));
+        started.enqueue(Bytes::from_static(b"one"), false, true, 1);
         assert!(!started.lagged);
-        started.enqueue(Bytes::from_static(b"two"), false, 1);
+        started.enqueue(Bytes::from_static(b"two"), false, true, 1);
         assert!(started.lagged && started.queue.is_empty() && started.behind == 0);
+    }
+
+    fn stream_on(socket: TcpStream, limit: usize) -> Stream {
+        Stream {
+            socket,
+            limit,
+            out: Mutex::new(Out {
+                holding: true,
+                ..Out::default()
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_join_that_holds_too_much_sends_its_start_then_lags() {
+        let (_client, server) = pair(None).await;
+        let stream = stream_on(server, 2);
+        let event = |n: u8| Bytes::from(vec![n]);
+        for seq in 11..=13 {
+            stream.offer(Some(seq), &event(seq as u8));
+        }
+        // Past the limit nothing more is held: not 14, which would follow the start with a
+        // gap (11–13 dropped).
+        stream.offer(Some(14), &event(14));
+        let start = Waiting::Chunk(Bytes::from_static(b"start"), false);
+        stream.release(vec![start], 10);
+        let out = stream.out();
+        assert!(out.lagged);
+        assert_eq!(
+            out.queue,
+            [Waiting::Chunk(Bytes::from_static(b"start"), false)]
+        );
+        drop(out);
+        // Once the start is written, the stream starts again (a fresh snapshot).
+        assert!(matches!(stream.step(), Step::Done(Ended::Lagged)));
+        assert!(stream.out().holding);
+    }
+
+    #[tokio::test]
+    async fn shutdown_cuts_a_body_mid_chunk_without_a_last_chunk() {
+        let (mut client, server) = pair(None).await;
+        let stream = stream_on(server, 8);
+        stream.release(Vec::new(), 0);
+        // A chunk waits (as when the socket did not take it all).
+        stream
+            .out()
+            .queue
+            .push_back(Waiting::Chunk(Bytes::from_static(b"data\r\n"), true));
+        stream.finish(true);
+        stream.offer(Some(1), &Bytes::from_static(b"5\r\nlate!\r\n"));
+        drop(stream);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing after the end: {rest:?}");
     }
 }
