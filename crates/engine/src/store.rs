@@ -379,3 +379,105 @@ impl Store for MemoryStore {
         })
     }
 }
+
+/// What [`copy`] copied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Battles (live or retained).
+    pub battles: usize,
+    /// Evicted ids still inside their dedupe horizon.
+    pub evicted: usize,
+    /// Notifications kept for resumption.
+    pub notifications: usize,
+}
+
+/// The most operations [`copy`] writes in one batch.
+const COPY_BATCH: usize = 10_000;
+
+/// Copies everything `from` holds into `to` (which should hold nothing: its battles must be
+/// new to it), in batches of 10,000, then loads `to` back and checks that it holds the same —
+/// every battle equal, the same evicted ids and notifications. For moving a data dir from one
+/// store to another (`livebattle copy-store`).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use livebattle_engine::store::{copy, Copied, MemoryStore, Store, StoreOp};
+/// use livebattle_engine::{Battle, State};
+/// let from = MemoryStore::default();
+/// let battle = Battle::new("b-1", State::Running, 1_739_954_005_000);
+/// from.write(vec![StoreOp::Put { battle: battle.into(), expected_version: None }]).await?;
+/// let to = MemoryStore::default();
+/// assert_eq!(copy(&from, &to).await?, Copied { battles: 1, ..Copied::default() });
+/// # Ok::<(), livebattle_engine::StoreError>(())
+/// # }).unwrap();
+/// ```
+pub async fn copy(from: &dyn Store, to: &dyn Store) -> Result<Copied, StoreError> {
+    let loaded = from.load().await?;
+    let keep_from_seq = loaded
+        .notifications
+        .iter()
+        .map(|n| n.seq)
+        .min()
+        .unwrap_or(0);
+    let ops = loaded
+        .battles
+        .iter()
+        .map(|b| StoreOp::Put {
+            battle: Arc::new(b.clone()),
+            expected_version: None,
+        })
+        .chain(loaded.evicted.iter().map(|(id, at)| StoreOp::Evict {
+            battle_id: id.clone(),
+            forget_at_ms: *at,
+        }))
+        .chain(loaded.notifications.iter().map(|n| StoreOp::Notify {
+            notification: Arc::new(n.clone()),
+            keep_from_seq,
+        }));
+    let mut batch = Vec::with_capacity(COPY_BATCH);
+    for op in ops {
+        batch.push(op);
+        if batch.len() == COPY_BATCH {
+            to.write(std::mem::take(&mut batch)).await?;
+        }
+    }
+    if !batch.is_empty() {
+        to.write(batch).await?;
+    }
+    let copied = to.load().await?;
+    same_contents(loaded, copied)
+}
+
+/// `Ok` with the counts when `b` holds what `a` holds (orders aside).
+fn same_contents(mut a: Loaded, mut b: Loaded) -> Result<Copied, StoreError> {
+    for l in [&mut a, &mut b] {
+        l.battles.sort_by(|x, y| x.id.cmp(&y.id));
+        l.evicted.sort();
+        l.notifications.sort_by_key(|n| n.seq);
+    }
+    let differs = |what: &str| {
+        Err(StoreError(format!(
+            "the copy does not read back the same {what}: the source holds {}, {} evicted ids and {} notifications, the copy {}, {} and {}",
+            a.battles.len(),
+            a.evicted.len(),
+            a.notifications.len(),
+            b.battles.len(),
+            b.evicted.len(),
+            b.notifications.len()
+        )))
+    };
+    if a.battles != b.battles {
+        return differs("battles");
+    }
+    if a.evicted != b.evicted {
+        return differs("evicted ids");
+    }
+    if a.notifications != b.notifications {
+        return differs("notifications");
+    }
+    Ok(Copied {
+        battles: a.battles.len(),
+        evicted: a.evicted.len(),
+        notifications: a.notifications.len(),
+    })
+}

@@ -39,6 +39,7 @@ where
     eviction_and_forgetting(open("evict")).await;
     notifications_are_kept_and_trimmed(open("notify")).await;
     an_engine_recovers_everything(&open).await;
+    a_copy_holds_the_same(&open).await;
 }
 
 fn battle(id: &str, version: u64) -> Battle {
@@ -273,4 +274,36 @@ async fn an_engine_recovers_everything<F: Fn(&str) -> Arc<dyn Store>>(open: &F) 
         "at its original deadline"
     );
     engine.shutdown().await;
+}
+
+/// [`crate::store::copy`] into this store, across more than one batch: the copy reads back the
+/// same; a second copy into it is refused (its battles are no longer new to it).
+async fn a_copy_holds_the_same<F: Fn(&str) -> Arc<dyn Store>>(open: &F) {
+    let from = crate::store::MemoryStore::default();
+    let mut ops: Vec<StoreOp> = (0..12_000)
+        .map(|i| put(battle(&format!("copy-{i}"), 1 + i % 3), None))
+        .collect();
+    ops.push(StoreOp::Evict {
+        battle_id: "copy-evicted".into(),
+        forget_at_ms: T0 + 1_000,
+    });
+    ops.extend((7..=9).map(|seq| StoreOp::Notify {
+        notification: Arc::new(note(seq)),
+        keep_from_seq: 7,
+    }));
+    from.write(ops).await.expect("the source");
+    let to = open("copy");
+    let copied = crate::store::copy(&from, &*to).await.expect("copy");
+    assert_eq!(
+        copied,
+        crate::store::Copied {
+            battles: 12_000,
+            evicted: 1,
+            notifications: 3
+        }
+    );
+    assert!(
+        crate::store::copy(&from, &*to).await.is_err(),
+        "a store that holds the battles already is refused"
+    );
 }

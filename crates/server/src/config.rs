@@ -190,6 +190,29 @@ pub struct Cli {
     /// sse_keep_alive_secs.
     #[arg(long, env = "LIVEBATTLE_SSE_KEEP_ALIVE_SECS", value_name = "SECS")]
     pub sse_keep_alive_secs: Option<u64>,
+
+    /// A one-off task instead of serving (`livebattle copy-store --help`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The one-off tasks of the binary.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Copy a stopped server's data dir into a new data dir, kept by the store asked (the log
+    /// store by default), and check that the copy reads back the same; the source is left as it
+    /// was. The way from redb to the log store: stop the server, copy, start it on the new dir.
+    CopyStore {
+        /// The data dir to copy (its server stopped).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The new data dir (created if missing; it must not hold a store yet).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// The new data dir's store.
+        #[arg(long, value_name = "STORE", default_value = "log")]
+        store: DurableStore,
+    },
 }
 
 /// An SDKAppID in the file: a string, or a bare TOML integer.
@@ -268,6 +291,16 @@ pub enum DurableStore {
     /// The redb B-tree file `livebattle.redb` (`livebattle-store-redb`), the store of earlier
     /// releases.
     Redb,
+}
+
+impl DurableStore {
+    /// Its name, as `--durable-store` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DurableStore::Log => "log",
+            DurableStore::Redb => "redb",
+        }
+    }
 }
 
 /// Where the engine keeps its state.

@@ -37,6 +37,7 @@ mod state;
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 
 use std::time::Instant;
 
@@ -45,14 +46,17 @@ use axum::http::{Method, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use livebattle_engine::{Engine, EngineError, StoreError};
+use livebattle_engine::store::Copied;
+use livebattle_engine::{Engine, EngineError, Store, StoreError};
 use livebattle_ingest::CALLBACK_PATH;
 use livebattle_store_log::LogStore;
 use livebattle_store_redb::RedbStore;
 use livebattle_store_redis::{RedisOptions, RedisStore};
 use tokio::net::TcpListener;
 
-pub use config::{Cli, Config, ConfigError, DurableStore, LogFormat, Storage, DEFAULT_DATA_DIR};
+pub use config::{
+    Cli, Command, Config, ConfigError, DurableStore, LogFormat, Storage, DEFAULT_DATA_DIR,
+};
 pub use error::ApiError;
 pub use state::AppState;
 
@@ -206,18 +210,7 @@ pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
     match &config.storage {
         Storage::DataDir { dir, store } => {
             let chosen = durable_store(dir, *store).map_err(EngineError::Store)?;
-            builder = match chosen {
-                DurableStore::Log => {
-                    let store = LogStore::open(dir).map_err(EngineError::Store)?;
-                    tracing::info!(dir = %store.dir().display(), "durable storage: log store");
-                    builder.store(store)
-                }
-                DurableStore::Redb => {
-                    let store = RedbStore::open(dir).map_err(EngineError::Store)?;
-                    tracing::info!(path = %store.path().display(), "durable storage: redb");
-                    builder.store(store)
-                }
-            };
+            builder = builder.store(open_durable(dir, chosen).map_err(EngineError::Store)?);
         }
         Storage::Redis {
             url,
@@ -252,30 +245,91 @@ pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
 /// store for a new directory). A directory holding the other store's files is refused, so
 /// that switching stores never looks like losing every battle.
 fn durable_store(dir: &Path, asked: Option<DurableStore>) -> Result<DurableStore, StoreError> {
-    let redb = dir.join(livebattle_store_redb::FILE_NAME);
-    let has_redb = redb.exists();
-    let has_log = LogStore::found_in(dir);
     let refuse = |holds: &str, use_: &str| {
         Err(StoreError(format!(
             "{} holds {holds}; start with --durable-store {use_} (durable_store = \"{use_}\"), \
-             or move those files away",
+             or copy it into a new data dir with `livebattle copy-store`",
             dir.display()
         )))
     };
-    match (asked, has_redb, has_log) {
-        (_, true, true) => Err(StoreError(format!(
+    match (asked, held_store(dir)?) {
+        (Some(DurableStore::Log), Some(DurableStore::Redb)) => refuse(
+            &format!(
+                "a redb store ({})",
+                dir.join(livebattle_store_redb::FILE_NAME).display()
+            ),
+            "redb",
+        ),
+        (Some(DurableStore::Redb), Some(DurableStore::Log)) => {
+            refuse("a log store (log-*, snapshot-*)", "log")
+        }
+        (Some(asked), _) => Ok(asked),
+        (None, Some(held)) => Ok(held),
+        (None, None) => Ok(DurableStore::Log),
+    }
+}
+
+/// The store whose files `dir` holds, if any (both is refused).
+fn held_store(dir: &Path) -> Result<Option<DurableStore>, StoreError> {
+    let has_redb = dir.join(livebattle_store_redb::FILE_NAME).exists();
+    match (has_redb, LogStore::found_in(dir)) {
+        (true, true) => Err(StoreError(format!(
             "{} holds both a redb store ({}) and a log store (log-*, snapshot-*): keep one",
             dir.display(),
             livebattle_store_redb::FILE_NAME
         ))),
-        (Some(DurableStore::Log), true, false) => {
-            refuse(&format!("a redb store ({})", redb.display()), "redb")
-        }
-        (Some(DurableStore::Redb), false, true) => refuse("a log store (log-*, snapshot-*)", "log"),
-        (Some(asked), _, _) => Ok(asked),
-        (None, true, false) => Ok(DurableStore::Redb),
-        (None, false, _) => Ok(DurableStore::Log),
+        (true, false) => Ok(Some(DurableStore::Redb)),
+        (false, true) => Ok(Some(DurableStore::Log)),
+        (false, false) => Ok(None),
     }
+}
+
+/// Opens (creating if needed) the durable store `kind` in `dir`.
+fn open_durable(dir: &Path, kind: DurableStore) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match kind {
+        DurableStore::Log => {
+            let store = LogStore::open(dir)?;
+            tracing::info!(dir = %store.dir().display(), "durable storage: log store");
+            Arc::new(store)
+        }
+        DurableStore::Redb => {
+            let store = RedbStore::open(dir)?;
+            tracing::info!(path = %store.path().display(), "durable storage: redb");
+            Arc::new(store)
+        }
+    })
+}
+
+/// `livebattle copy-store`: copies the store of the data dir `from` (its server stopped: the
+/// store's lock is taken) into the new data dir `to`, kept by `store`, and checks that the
+/// copy reads back the same. Returns the source's store and what was copied. `from` is left
+/// as it was; `to` must not hold a store yet.
+///
+/// The way from one store to the other (redb to the faster log store, say): stop the server,
+/// copy, start it on the new data dir.
+pub async fn copy_store(
+    from: &Path,
+    to: &Path,
+    store: DurableStore,
+) -> Result<(DurableStore, Copied), StoreError> {
+    let Some(source) = held_store(from)? else {
+        return Err(StoreError(format!(
+            "{} holds no livebattle store (neither {} nor log-*, snapshot-* files)",
+            from.display(),
+            livebattle_store_redb::FILE_NAME
+        )));
+    };
+    if let Some(held) = held_store(to)? {
+        return Err(StoreError(format!(
+            "{} already holds a {} store: copy into a new data dir",
+            to.display(),
+            held.name()
+        )));
+    }
+    let source_store = open_durable(from, source)?;
+    let copy = open_durable(to, store)?;
+    let copied = livebattle_engine::store::copy(&*source_store, &*copy).await?;
+    Ok((source, copied))
 }
 
 /// Connects to Redis, waiting for it while it is down (the instance is not ready meanwhile); a

@@ -4,10 +4,17 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
-use livebattle_server::{init_logging, serve_engine, shutdown_signal, start_engine, Cli, Config};
+use livebattle_server::{
+    copy_store, init_logging, serve_engine, shutdown_signal, start_engine, Cli, Command, Config,
+    LogFormat,
+};
 
 fn main() -> ExitCode {
-    let config = match Config::load(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Some(command) = cli.command.clone() {
+        return one_off(command);
+    }
+    let config = match Config::load(cli) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("livebattle: {e}");
@@ -55,6 +62,44 @@ async fn run(config: Config) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "stopped");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a one-off task and exits: 0 when it succeeded, 1 when it failed (said on stderr).
+fn one_off(command: Command) -> ExitCode {
+    init_logging(LogFormat::default());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("livebattle: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Command::CopyStore { from, to, store } => {
+            match runtime.block_on(copy_store(&from, &to, store)) {
+                Ok((source, copied)) => {
+                    println!(
+                        "copied {} battles, {} evicted ids and {} notifications from {} ({}) to {} ({}); read back the same",
+                        copied.battles,
+                        copied.evicted,
+                        copied.notifications,
+                        from.display(),
+                        source.name(),
+                        to.display(),
+                        store.name()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("livebattle copy-store: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

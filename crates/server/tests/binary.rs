@@ -275,3 +275,93 @@ async fn durable_by_default_survives_kill_9_and_refuses_a_second_process() {
     assert!(err.contains("--durable-store log"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `livebattle copy-store`: a redb data dir copied into a new one kept by the log store; the
+/// server started on the copy has the battles, the dedupe memory and the replay ring (a client
+/// resumes with `Last-Event-ID` across the move).
+#[tokio::test]
+async fn copy_store_moves_a_redb_data_dir_to_the_log_store() {
+    let root = std::env::temp_dir().join(format!("livebattle-copy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (old, new) = (root.join("redb"), root.join("log"));
+    let (old_dir, new_dir) = (old.to_str().unwrap(), new.to_str().unwrap());
+    let (child, base) = spawn(on_port(&["--data-dir", old_dir, "--durable-store", "redb"])).await;
+    let server = Server::remote(base);
+    let mut stream = server.sse("/v1/events", None).await;
+    assert_eq!(stream.event().await.event.as_deref(), Some("snapshot"));
+    let first = create("copy-1", "pk-3", &["pk-5"], 600_000, false);
+    server.callback_ok(CREATE, &first).await;
+    let seen = stream.event().await.seq();
+    server
+        .callback_ok(CREATE, &create("copy-2", "pk-7", &["pk-9"], 600_000, false))
+        .await;
+    let (_, before) = server.get("/v1/battles/copy-1").await;
+    drop(stream);
+    terminate(child).await;
+
+    let copy = |to: &str| {
+        let mut cmd = command();
+        cmd.args(["copy-store", "--from", old_dir, "--to", to]);
+        cmd
+    };
+    let out = copy(new_dir).output().await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("copied 2 battles"), "{said}");
+    assert!(said.contains("(redb)") && said.contains("(log)"), "{said}");
+    // Copying into a data dir that holds a store is refused, and so is a dir holding none.
+    for (to, why) in [
+        (new_dir, "already holds a log store"),
+        (old_dir, "already holds a redb store"),
+    ] {
+        let out = copy(to).output().await.unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+    }
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut cmd = command();
+    cmd.args([
+        "copy-store",
+        "--from",
+        empty.to_str().unwrap(),
+        "--to",
+        new_dir,
+    ]);
+    let out = cmd.output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no livebattle store"));
+
+    // The server on the copy: the log store (chosen by the files), the same battles.
+    let (child, base) = spawn(on_port(&["--data-dir", new_dir])).await;
+    let server = Server::remote(base);
+    let (status, after) = server.get("/v1/battles/copy-1").await;
+    assert_eq!(status, StatusCode::OK);
+    for key in [
+        "state",
+        "version",
+        "ends_at_ms",
+        "started_at_ms",
+        "participants",
+    ] {
+        assert_eq!(before[key], after[key], "{key} as it was");
+    }
+    let (status, _) = server.get("/v1/battles/copy-2").await;
+    assert_eq!(status, StatusCode::OK);
+    // The dedupe memory: the same Create again changes nothing.
+    server.callback_ok(CREATE, &first).await;
+    let (_, again) = server.get("/v1/battles/copy-1").await;
+    assert_eq!(again["version"], before["version"]);
+    // The replay ring: resuming after the first Create's event gives the second's, no snapshot.
+    let mut resumed = server.sse("/v1/events", Some(seen)).await;
+    let next = resumed.event().await;
+    assert_eq!(next.event.as_deref(), Some("battle"));
+    assert_eq!(next.json()["battle_id"], "copy-2");
+    terminate(child).await;
+    let _ = std::fs::remove_dir_all(&root);
+}
