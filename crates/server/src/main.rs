@@ -22,15 +22,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("livebattle: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(run(config))
 }
@@ -69,15 +62,8 @@ async fn run(config: Config) -> ExitCode {
 /// Runs a one-off task and exits: 0 when it succeeded, 1 when it failed (said on stderr).
 fn one_off(command: Command) -> ExitCode {
     init_logging(LogFormat::default());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("livebattle: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match command {
         Command::CopyStore { from, to, store } => {
@@ -102,4 +88,13 @@ fn one_off(command: Command) -> ExitCode {
             }
         }
     }
+}
+
+/// The multi-threaded tokio runtime (`None`, said on stderr, when it cannot start).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("livebattle: cannot start the runtime: {e}"))
+        .ok()
 }

@@ -37,6 +37,20 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// A battle read back after a restart (or a move) is the one read before: state, version,
+/// deadlines and participants.
+fn assert_same_battle(before: &serde_json::Value, after: &serde_json::Value) {
+    for key in [
+        "state",
+        "version",
+        "ends_at_ms",
+        "started_at_ms",
+        "participants",
+    ] {
+        assert_eq!(before[key], after[key], "{key} as it was");
+    }
+}
+
 async fn terminate(mut child: Child) {
     let pid = child.id().unwrap();
     // The shell's builtin `kill`: no dependency on procps.
@@ -227,15 +241,7 @@ async fn durable_by_default_survives_kill_9_and_refuses_a_second_process() {
     let server = Server::remote(base);
     let (status, after) = server.get("/v1/battles/durable-1").await;
     assert_eq!(status, StatusCode::OK, "the acknowledged battle survived");
-    for key in [
-        "state",
-        "version",
-        "ends_at_ms",
-        "started_at_ms",
-        "participants",
-    ] {
-        assert_eq!(before[key], after[key], "{key} survived");
-    }
+    assert_same_battle(&before, &after);
     // The dedupe memory survived too.
     let (status, _) = server
         .callback_raw(CREATE, "", body.to_string().into_bytes())
@@ -342,15 +348,7 @@ async fn copy_store_moves_a_redb_data_dir_to_the_log_store() {
     let server = Server::remote(base);
     let (status, after) = server.get("/v1/battles/copy-1").await;
     assert_eq!(status, StatusCode::OK);
-    for key in [
-        "state",
-        "version",
-        "ends_at_ms",
-        "started_at_ms",
-        "participants",
-    ] {
-        assert_eq!(before[key], after[key], "{key} as it was");
-    }
+    assert_same_battle(&before, &after);
     let (status, _) = server.get("/v1/battles/copy-2").await;
     assert_eq!(status, StatusCode::OK);
     // The dedupe memory: the same Create again changes nothing.
