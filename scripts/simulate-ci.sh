@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The simulator against the real server, for CI: builds the release binaries, starts `livebattle`
 # on a free loopback port with a callback token and a throwaway data directory, sends a few seconds of signed Tencent battle
-# webhooks (duplicates and out-of-order deliveries included) with `livebattle-simulate --verify`,
-# stops the server, and exits non-zero on any HTTP error, verification mismatch or server crash.
+# webhooks (duplicates and out-of-order deliveries included) with `livebattle-simulate --verify`
+# and four SSE clients checking the event stream (`--watch-sse 4`), stops the server, and exits non-zero on any HTTP error, verification mismatch or server crash.
 #
 # Knobs (environment): SIM_BATTLES (40), SIM_RATE (20), SIM_SEED (random; the simulator prints
 # it, so a failing mix can be replayed), SIM_GRACE_MS (1000, the server's response grace).
@@ -73,6 +73,7 @@ status=0
   --max-timeout-ms 2000 \
   --response-grace-ms "$grace" \
   --verify \
+  --watch-sse 4 \
   "${seed_args[@]}" || status=$?
 
 if ! kill -0 "$server_pid" 2>/dev/null; then

@@ -20,6 +20,8 @@
 #   SOAK_SAMPLE_SECS (10)     RSS sampling interval
 #   SOAK_CONNECTIONS (128)    the simulator's keep-alive connections (each carries one request
 #                             at a time, as Tencent's deliveries do)
+#   SOAK_SSE (4)              SSE clients on /v1/events checking every notification arrives, in
+#                             order, once (the simulator's --watch-sse; 0 for none)
 #   SOAK_OUT                  where the samples and the simulator's summary go (a temp file)
 #   SOAK_MIN_MS/SOAK_MAX_MS   battle Duration range (30000..120000)
 #   SOAK_CREATE_SECS          how long new battles are created (SOAK_SECS - 200)
@@ -100,7 +102,8 @@ status=0
   --token "$token" --rate "$rate" --duration-s "$create_secs" \
   --min-duration-ms "$min_ms" --max-duration-ms "$max_ms" \
   --min-timeout-ms 5000 --max-timeout-ms 15000 --response-grace-ms 3000 \
-  --max-inflight 1024 --connections "${SOAK_CONNECTIONS:-128}" --verify >"$work/sim.out" 2>"$work/sim.err" || status=$?
+  --max-inflight 1024 --connections "${SOAK_CONNECTIONS:-128}" --verify \
+  --watch-sse "${SOAK_SSE:-4}" >"$work/sim.out" 2>"$work/sim.err" || status=$?
 # One more retention period, so the last battles are evicted too; keep sampling.
 sleep $((retention + 2 * sample))
 kill "$sampler_pid" 2>/dev/null || true
@@ -108,7 +111,7 @@ sampler_pid=""
 
 {
   echo "# simulator exit status $status; its summary:"
-  grep -E '^(scenarios|quirks|summary):' "$work/sim.out" | sed 's/^/# /'
+  grep -E '^(scenarios|quirks|summary|sse):' "$work/sim.out" | sed 's/^/# /'
   echo "# first simulator errors (if any):"
   head -n 5 "$work/sim.err" | sed 's/^/# /'
 } >>"$out"

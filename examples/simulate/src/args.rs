@@ -114,6 +114,14 @@ pub struct Args {
     #[arg(long, default_value_t = 5_000)]
     pub verify_patience_ms: u64,
 
+    /// Also open this many SSE clients on `GET /v1/events` (at the API's origin) that check
+    /// the stream as they read it — a snapshot, then every notification's id following the one
+    /// before (a fresh `lagged` snapshot may restart the count) — and that each caught up with
+    /// the server's last `seq` at the end. Any gap, broken stream or client left behind fails
+    /// the run.
+    #[arg(long, default_value_t = 0)]
+    pub watch_sse: usize,
+
     /// PRNG seed (random when absent); the same seed gives the same battles.
     #[arg(long)]
     pub seed: Option<u64>,

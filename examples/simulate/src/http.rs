@@ -54,6 +54,24 @@ impl Target {
     }
 }
 
+/// The address of `host[:port]` (port 80 when none is given).
+pub async fn resolve(authority: &str) -> Result<SocketAddr, String> {
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut found = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?;
+    found
+        .next()
+        .ok_or_else(|| format!("{authority} resolves to no address"))
+}
+
 struct Job {
     request: Vec<u8>,
     reply: oneshot::Sender<Result<Reply, String>>,
@@ -75,19 +93,7 @@ impl Client {
         connections: usize,
         timeout: Duration,
     ) -> Result<Client, String> {
-        let with_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        let addr = tokio::net::lookup_host(&with_port)
-            .await
-            .map_err(|e| format!("cannot resolve {authority}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{authority} resolves to no address"))?;
+        let addr = resolve(authority).await?;
         let connections = (0..connections.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();

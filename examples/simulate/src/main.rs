@@ -16,6 +16,7 @@ mod http;
 mod plan;
 mod run;
 mod tencent;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -93,6 +93,13 @@ pub async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let watchers = match watch_sse(&args).await {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("livebattle-simulate: --watch-sse: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let count = args.battle_count();
     let cfg: PlanConfig = args.plan_config();
     println!(
@@ -230,11 +237,40 @@ pub async fn run(args: Args) -> ExitCode {
         late.last().copied().unwrap_or(0),
         shared.origin.elapsed().as_secs_f64(),
     );
-    if errors > 0 || mismatches > 0 || acks != sent {
+    let mut sse_ok = true;
+    if let Some(watchers) = watchers {
+        let n = args.watch_sse;
+        match watchers.finish(Duration::from_secs(10)).await {
+            Ok(t) => {
+                println!(
+                    "sse: watchers={n} events={} lagged={} gaps={} broken={} caught_up={}/{n}",
+                    t.events, t.lagged, t.gaps, t.broken, t.caught_up
+                );
+                sse_ok = t.gaps == 0 && t.broken == 0 && t.caught_up == n as u64;
+            }
+            Err(e) => {
+                eprintln!("livebattle-simulate: --watch-sse: {e}");
+                sse_ok = false;
+            }
+        }
+    }
+    if errors > 0 || mismatches > 0 || acks != sent || !sse_ok {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The `--watch-sse` clients, started before the first battle.
+async fn watch_sse(args: &Args) -> Result<Option<crate::watch::Watchers>, String> {
+    if args.watch_sse == 0 {
+        return Ok(None);
+    }
+    let api = Target::parse(&args.api_base())?;
+    let addr = crate::http::resolve(&api.authority).await?;
+    crate::watch::start(addr, &api.authority, args.watch_sse)
+        .await
+        .map(Some)
 }
 
 /// The connection pools for the webhooks and the query API (one when they share a server).
