@@ -557,8 +557,13 @@ impl Engine {
                     .map(|b| b.id.clone()),
             );
         }
-        ids.sort_unstable();
+        // Only the first `limit` in id order are wanted: select them (linear), then sort only
+        // those — a snapshot's 10,000 of 400,000 retained battles, say, is not a full sort.
+        if ids.len() > limit && limit > 0 {
+            ids.select_nth_unstable(limit - 1);
+        }
         ids.truncate(limit);
+        ids.sort_unstable();
         ids.iter()
             .filter_map(|id| table.with(id, |b| b.snapshot(now)))
             .collect()

@@ -588,6 +588,36 @@ async fn queries_by_state_and_room() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_page_is_the_first_ids_in_order_whatever_its_size() {
+    let e = engine().await;
+    // Ids in no particular order (a multiplicative hash of i).
+    let ids: Vec<String> = (0..300u64)
+        .map(|i| format!("p-{:08x}", i.wrapping_mul(2_654_435_761) % 1_000_000))
+        .collect();
+    for id in &ids {
+        e.apply(create(id, false, T0)).await.unwrap();
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    for limit in [0, 1, 7, 150, sorted.len(), 1_000] {
+        let page: Vec<String> = e
+            .battles(None, None, None, limit)
+            .iter()
+            .map(|b| b.battle_id.to_string())
+            .collect();
+        assert_eq!(page, sorted[..limit.min(sorted.len())], "limit {limit}");
+    }
+    let after = &sorted[100];
+    let page: Vec<String> = e
+        .battles(None, None, Some(after), 5)
+        .iter()
+        .map(|b| b.battle_id.to_string())
+        .collect();
+    assert_eq!(page, sorted[101..106]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_earlier_deadline_queued_after_a_later_one_still_fires_on_time() {
     let e = builder().shards(1).start().await.unwrap();
     e.apply(create("late", false, T0)).await.unwrap();

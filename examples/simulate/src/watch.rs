@@ -141,8 +141,12 @@ struct Stream {
     raw: Vec<u8>,
     /// Where unread chunk bytes start in `raw`.
     at: usize,
-    /// De-chunked bytes not yet split into events.
+    /// De-chunked bytes; events before `read` are split off already.
     body: Vec<u8>,
+    read: usize,
+    /// `body` from `read` up to here holds no event's end (so a big event arriving in many
+    /// reads is scanned once, not once per read).
+    scanned: usize,
 }
 
 impl Stream {
@@ -160,6 +164,8 @@ impl Stream {
             raw: Vec::with_capacity(64 * 1024),
             at: 0,
             body: Vec::new(),
+            read: 0,
+            scanned: 0,
         };
         loop {
             if let Some(end) = find(&stream.raw, b"\r\n\r\n") {
@@ -175,8 +181,12 @@ impl Stream {
     }
 
     async fn fill(&mut self) -> Result<(), String> {
-        self.raw.drain(..self.at);
-        self.at = 0;
+        // Compact once half of the buffer is consumed (not on every read: a big chunk arrives
+        // in many reads).
+        if self.at > 0 && self.at >= self.raw.len() / 2 {
+            self.raw.drain(..self.at);
+            self.at = 0;
+        }
         let mut buf = [0u8; 64 * 1024];
         match self.socket.read(&mut buf).await {
             Ok(0) => Err("the stream ended".into()),
@@ -191,23 +201,21 @@ impl Stream {
     /// The next event (comments skipped).
     async fn next(&mut self) -> Result<Event, String> {
         loop {
-            while let Some(end) = find(&self.body, b"\n\n") {
-                let text: Vec<u8> = self.body.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&text);
-                let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k));
-                let Some(name) = field("event: ") else {
-                    continue; // a keep-alive comment
-                };
-                let id = field("id: ")
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| format!("an event without a numeric id: {text}"))?;
-                return Ok(Event {
-                    name: name.to_owned(),
-                    id,
-                    lagged: field("data: ").is_some_and(|d| d.contains("\"reason\":\"lagged\"")),
-                });
+            while let Some(end) = find(&self.body[self.scanned..], b"\n\n") {
+                let end = self.scanned + end;
+                let text = &self.body[self.read..end];
+                self.read = end + 2;
+                self.scanned = self.read;
+                if let Some(event) = parse_event(text)? {
+                    return Ok(event);
+                } // else a keep-alive comment
             }
-            // Move whole chunks from `raw` into `body`.
+            // Nothing complete from `read` on: keep the scan's place (minus the one byte that
+            // could begin a "\n\n"), drop what was split off, move whole chunks in.
+            self.scanned = self.body.len().saturating_sub(1).max(self.read);
+            self.body.drain(..self.read);
+            self.scanned -= self.read;
+            self.read = 0;
             loop {
                 let rest = &self.raw[self.at..];
                 let Some(eol) = find(rest, b"\r\n") else {
@@ -226,11 +234,32 @@ impl Stream {
                 self.body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
                 self.at += eol + 2 + size + 2;
             }
-            if find(&self.body, b"\n\n").is_none() {
+            if find(&self.body[self.scanned..], b"\n\n").is_none() {
                 self.fill().await?;
             }
         }
     }
+}
+
+/// An event's name, id and (for a snapshot) whether it follows a lag; `None` for a comment.
+fn parse_event(text: &[u8]) -> Result<Option<Event>, String> {
+    let field = |k: &[u8]| {
+        text.split(|&b| b == b'\n')
+            .find_map(|line| line.strip_prefix(k))
+    };
+    let Some(name) = field(b"event: ") else {
+        return Ok(None);
+    };
+    let id = field(b"id: ")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .ok_or_else(|| "an event without a numeric id".to_string())?;
+    let lagged = name == b"snapshot"
+        && field(b"data: ").is_some_and(|d| find(d, b"\"reason\":\"lagged\"").is_some());
+    Ok(Some(Event {
+        name: String::from_utf8_lossy(name).into_owned(),
+        id,
+        lagged,
+    }))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

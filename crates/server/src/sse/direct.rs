@@ -33,6 +33,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::Method;
@@ -192,17 +193,33 @@ async fn run(state: AppState, mut socket: TcpStream, filter: Filter, last_event_
     let (key, lane) = lanes.join(&state, filter.clone(), &stream);
     let mut shutdown = std::pin::pin!(state.shutdown_signal());
     let mut resume = Resume::LastEventId(last_event_id);
+    let mut lagged_at: Option<tokio::time::Instant> = None;
     let ended = loop {
         let (start, covered) = begin(state.engine(), &filter, resume);
         stream.release(start, covered);
         match stream.serve(shutdown.as_mut()).await {
-            Ended::Lagged => resume = Resume::Lagged,
+            Ended::Lagged => {
+                // A client slower than the notifications lags again and again, and each fresh
+                // snapshot (up to 10,000 battles, megabytes) costs the server: at most one a
+                // second per stream. Meanwhile it holds nothing more than it may.
+                if let Some(at) = lagged_at {
+                    let until = at + LAG_SNAPSHOT_EVERY;
+                    if let Some(ended) = stream.pause(until, shutdown.as_mut()).await {
+                        break ended;
+                    }
+                }
+                lagged_at = Some(tokio::time::Instant::now());
+                resume = Resume::Lagged;
+            }
             other => break other,
         }
     };
     stream.finish(ended == Ended::Shutdown);
     lanes.leave(&key, &lane, &stream);
 }
+
+/// The least time between two fresh snapshots of one lagging stream.
+const LAG_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 /// How a stream (re)starts.
 enum Resume {
@@ -294,6 +311,8 @@ struct Out {
     /// Joining: the lane's events are kept in `held`, not written.
     holding: bool,
     held: Vec<(u64, Bytes)>,
+    /// The newest `seq` dropped while holding (past the limit).
+    dropped_upto: u64,
     /// What the socket has not taken yet, in order.
     queue: VecDeque<Waiting>,
     /// Offered events waiting in the queue.
@@ -326,14 +345,21 @@ impl Stream {
             return;
         }
         if out.holding {
-            // Once too much was held, nothing more is: released into a lag, the stream sends
-            // its start, then a fresh snapshot.
-            if let (Some(seq), false) = (seq, out.lagged) {
-                out.held.push((seq, chunk.clone()));
-                if out.held.len() > self.limit {
-                    out.held.clear();
-                    out.lagged = true;
-                }
+            // Once too much was held, nothing more is, and the stream lags — unless the start
+            // it is reading covers all it dropped (see `release`).
+            let Some(seq) = seq else {
+                return;
+            };
+            if out.lagged {
+                out.dropped_upto = out.dropped_upto.max(seq);
+                return;
+            }
+            out.held.push((seq, chunk.clone()));
+            if out.held.len() > self.limit {
+                let upto = out.held.iter().map(|(s, _)| *s).max().unwrap_or(seq);
+                out.dropped_upto = out.dropped_upto.max(upto);
+                out.held.clear();
+                out.lagged = true;
             }
             return;
         }
@@ -369,6 +395,11 @@ impl Stream {
         let mut out = self.out();
         let out = &mut *out;
         out.covered = covered;
+        if out.lagged && out.dropped_upto <= covered {
+            // Everything dropped while holding is in the start: nothing was lost.
+            out.lagged = false;
+        }
+        out.dropped_upto = 0;
         out.queue.extend(start);
         for (seq, frame) in std::mem::take(&mut out.held) {
             if seq > out.covered {
@@ -410,6 +441,26 @@ impl Stream {
                     }
                 }
                 () = shutdown.as_mut() => return Ended::Shutdown,
+            }
+        }
+    }
+
+    /// Waits until `until`, or until the client leaves or the server shuts down (then how the
+    /// stream ended).
+    async fn pause(
+        &self,
+        until: tokio::time::Instant,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Ended> {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return None,
+                _ = self.socket.readable() => {
+                    if self.client_left() {
+                        return Some(Ended::Closed);
+                    }
+                }
+                () = shutdown.as_mut() => return Some(Ended::Shutdown),
             }
         }
     }
@@ -652,7 +703,6 @@ async fn run_lane(state: AppState, key: LaneKey, lane: Arc<Lane>, mut subscripti
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use livebattle_engine::{Created, Event};
     use tokio::io::AsyncReadExt;
@@ -1141,6 +1191,15 @@ mod tests {
         // Once the start is written, the stream starts again (a fresh snapshot).
         assert!(matches!(stream.step(), Step::Done(Ended::Lagged)));
         assert!(stream.out().holding);
+        // Holding again, it overflows again; but this time its start covers all it dropped
+        // (a snapshot read after them): no lag.
+        for seq in 15..=18 {
+            stream.offer(Some(seq), &event(seq as u8));
+        }
+        let start = Waiting::Chunk(Bytes::from_static(b"fresh"), false);
+        stream.release(vec![start], 18);
+        assert!(!stream.out().lagged, "nothing was lost");
+        assert!(matches!(stream.step(), Step::Idle));
     }
 
     #[tokio::test]
