@@ -24,7 +24,8 @@
 //!   still written), skips what follows, and once its queue is written starts again with a
 //!   fresh snapshot (`reason: "lagged"`), as axum's streams do when their subscription lags.
 //!   Waiting events share the lane's buffers: a stream's queue costs a pointer per event. A
-//!   lane whose subscription lags sends all its streams a fresh snapshot.
+//!   lane whose subscription lags makes each of its streams lag. A lagging stream gets at most
+//!   one fresh snapshot a second (each is up to 10,000 battles, megabytes).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -522,6 +523,17 @@ impl Stream {
         }
     }
 
+    /// Lags from outside (its lane fell behind).
+    fn lag(&self) {
+        let mut out = self.out();
+        if out.closed {
+            return;
+        }
+        out.lag();
+        drop(out);
+        self.wake.notify_one();
+    }
+
     /// Ends the stream from outside (the engine is gone).
     fn close(&self) {
         self.out().closed = true;
@@ -540,14 +552,26 @@ impl Out {
         self.queue.push_back(Waiting::Chunk(bytes, event));
         self.behind += usize::from(event);
         if self.behind > limit {
-            self.queue.truncate(usize::from(self.begun));
-            self.behind = self
-                .queue
-                .iter()
-                .filter(|w| matches!(w, Waiting::Chunk(_, true)))
-                .count();
-            self.lagged = true;
+            self.lag();
         }
+    }
+
+    /// Falls behind: what waits is dropped but a chunk begun, and events are skipped until the
+    /// stream starts again with a fresh snapshot. Holding, it drops what it held and will not
+    /// count on its start to cover it.
+    fn lag(&mut self) {
+        self.lagged = true;
+        if self.holding {
+            self.held.clear();
+            self.dropped_upto = u64::MAX;
+            return;
+        }
+        self.queue.truncate(usize::from(self.begun));
+        self.behind = self
+            .queue
+            .iter()
+            .filter(|w| matches!(w, Waiting::Chunk(_, true)))
+            .count();
     }
 }
 
@@ -653,10 +677,10 @@ impl Lanes {
     }
 }
 
-/// A lane's task: each notification (or fresh snapshot after a lag, or keep-alive) rendered
-/// once and offered to every stream of the lane.
+/// A lane's task: each notification (or keep-alive) rendered once and offered to every stream
+/// of the lane. When the lane itself falls behind, each of its streams lags: each starts again
+/// with its own fresh snapshot (at most one a second), not one the lane would queue to all.
 async fn run_lane(state: AppState, key: LaneKey, lane: Arc<Lane>, mut subscription: Subscription) {
-    let filter = &key.0;
     let mut keep_alive = super::keep_alive(state.sse_keep_alive());
     let keep_alive_chunk = chunk(KEEP_ALIVE);
     let mut shutdown = std::pin::pin!(state.shutdown_signal());
@@ -666,11 +690,14 @@ async fn run_lane(state: AppState, key: LaneKey, lane: Arc<Lane>, mut subscripti
             () = lane.stop.cancelled() => return,
             () = shutdown.as_mut() => return,
             delivery = subscription.next() => {
-                let item = match delivery {
-                    Some(Delivery::Notification(n)) => Item::Battle(n),
+                let n = match delivery {
+                    Some(Delivery::Notification(n)) => n,
                     Some(Delivery::Lagged { missed }) => {
-                        tracing::debug!(missed, "SSE lane lagged; sending a fresh snapshot");
-                        Item::Snapshot(snapshot(state.engine(), filter, "lagged"))
+                        tracing::debug!(missed, "SSE lane lagged; its streams start again");
+                        for s in lane.streams().iter() {
+                            s.lag();
+                        }
+                        continue;
                     }
                     None => {
                         // The engine is gone: no stream joins this lane any more, and those
@@ -682,11 +709,8 @@ async fn run_lane(state: AppState, key: LaneKey, lane: Arc<Lane>, mut subscripti
                         return;
                     }
                 };
-                let seq = match &item {
-                    Item::Battle(n) => n.seq,
-                    Item::Snapshot(s) => s.seq,
-                };
-                match item.into_frame() {
+                let seq = n.seq;
+                match Item::Battle(n).into_frame() {
                     Some(frame) => (Some(seq), chunk(&frame)),
                     None => continue,
                 }
@@ -1200,6 +1224,40 @@ mod tests {
         stream.release(vec![start], 18);
         assert!(!stream.out().lagged, "nothing was lost");
         assert!(matches!(stream.step(), Step::Idle));
+    }
+
+    #[tokio::test]
+    async fn when_its_lane_falls_behind_a_stream_starts_again_whatever_it_holds() {
+        let (_client, server) = pair(None).await;
+        let stream = stream_on(server, 8);
+        // Holding (joining): what it held is dropped, and its start cannot cover what the lane
+        // missed.
+        stream.offer(Some(5), &Bytes::from_static(b"5"));
+        stream.lag();
+        stream.release(
+            vec![Waiting::Chunk(Bytes::from_static(b"start"), false)],
+            1_000,
+        );
+        let out = stream.out();
+        assert!(out.lagged && out.held.is_empty());
+        assert_eq!(out.queue.len(), 1, "only the start");
+        drop(out);
+        assert!(matches!(stream.step(), Step::Done(Ended::Lagged)));
+        // Serving, with a chunk begun and another waiting: the begun one is finished.
+        stream.release(Vec::new(), 1_000);
+        {
+            let mut out = stream.out();
+            out.enqueue(Bytes::from_static(b"rest"), true, true, 8);
+            out.enqueue(Bytes::from_static(b"next"), false, true, 8);
+        }
+        stream.lag();
+        let out = stream.out();
+        assert!(out.lagged);
+        assert_eq!(
+            out.queue,
+            [Waiting::Chunk(Bytes::from_static(b"rest"), true)]
+        );
+        assert_eq!(out.behind, 1);
     }
 
     #[tokio::test]
