@@ -9,6 +9,9 @@ use livebattle_server::{
     LogFormat,
 };
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(command) = cli.command.clone() {
