@@ -6,7 +6,8 @@
 //! Options after `--`: `--seconds N` per run (default 10), `--connections N` (default 128),
 //! `--no-half` (skip the rate-limited runs), `--only bare|in-memory|durable|durable-redb` (one mode),
 //! `--rounds N` (repeat the closed-loop runs N times, modes interleaved; the summary takes the
-//! medians; the half-rate runs are in the first round).
+//! medians; the half-rate runs are in the first round), `--in-process` (run each server inside
+//! this process, on the load generator's own tokio runtime: how passes 1–8 measured).
 //! Profiling: `--serve bare|in-memory|durable|durable-redb` runs one server until SIGTERM; `--drive ADDR --requests N`
 //! sends exactly N requests to it (docs/benchmarks.md has the callgrind recipe).
 //!
@@ -15,11 +16,20 @@
 //! replies; latency is per request, client side. Client and server share this 2-core machine,
 //! equally in every mode.
 //!
-//! * **bare**: axum on the same `axum::serve`, one `POST /callback` route that reads the body,
-//!   parses it as JSON (`serde_json::Value`) and returns livebattle's OK ack (the same bytes and
-//!   `Content-Type`, from `TencentReply::ok()`). No signature check, no engine.
-//! * **in-memory** / **durable** / **durable-redb**: `livebattle_server::serve` with
-//!   `Storage::InMemory` / `Storage::DataDir` (a fresh temp dir) with the log store / with redb.
+//! Each server runs in a process of its own, as it is deployed, beside the load generator (this
+//! process):
+//!
+//! * **bare**: this bench's own `--serve bare`: axum on `axum::serve`, one `POST /callback` route
+//!   that reads the body, parses it as JSON (`serde_json::Value`) and returns livebattle's OK ack
+//!   (the same bytes and `Content-Type`, from `TencentReply::ok()`). No signature check, no
+//!   engine. The same tokio runtime as the `livebattle` binary's (multi-thread, one worker per CPU)
+//!   and the same allocator (mimalloc).
+//! * **in-memory** / **durable** / **durable-redb**: the release `livebattle` binary (or
+//!   `LIVEBATTLE_BENCH_BIN`) with `--in-memory` / `--data-dir` (a fresh temp dir)
+//!   `--durable-store log` / `redb`.
+//!
+//! Besides requests/s, each run reports the server process's own CPU time per request (from
+//! `/proc/PID/stat`): what livebattle costs over the bare stack, apart from the load generator.
 //!
 //! Each mode first runs closed-loop (every connection sends its next request as soon as the
 //! reply came: the maximum throughput), then rate-limited at half that maximum (each connection
@@ -42,7 +52,15 @@ use livebattle_server::{serve, Config, DurableStore, Storage};
 
 mod common;
 
-use common::{arg, bodies, drive, flag, http_client, pct_ms, post_callback, Run, APP, TOKEN};
+/// The bare server runs on the allocator the `livebattle` binary runs on, so the comparison is
+/// of the work done, not of the allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use common::{
+    arg, binary, bodies, cpu_s, drive, flag, http_client, pct_ms, post_callback, Run, Server, APP,
+    TOKEN,
+};
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -63,8 +81,17 @@ async fn bare_callback(body: Bytes) -> Response {
     }
 }
 
-/// A mode's label, its rounds' (max req/s, req/CPU-s), and its half-rate p99.
-type ModeRounds = (&'static str, Vec<(f64, f64)>, Option<f64>);
+/// One closed-loop run of a mode: maximum requests/s, requests per CPU-second (load generator
+/// and server together) and, for a server in its own process, its CPU µs per request.
+#[derive(Clone, Copy)]
+struct Round {
+    max: f64,
+    per_cpu: f64,
+    server_us: Option<f64>,
+}
+
+/// A mode's label, its rounds, and its half-rate p99.
+type ModeRounds = (&'static str, Vec<Round>, Option<f64>);
 
 #[derive(Clone)]
 enum Mode {
@@ -133,11 +160,81 @@ async fn start(
     (addr, tx, server)
 }
 
-fn report(label: &str, load: &str, run: &Run, connections: usize) {
+/// A server under load: a process of its own (the default) or a task of this one
+/// (`--in-process`).
+enum Host {
+    Process(Server),
+    Task(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+}
+
+impl Host {
+    /// Starts the server of the mode `label` (durable ones in `dir`).
+    async fn start(label: &str, dir: &std::path::Path, in_process: bool) -> (SocketAddr, Host) {
+        if in_process {
+            let (addr, stop, task) = start(&Mode::of(label, dir)).await;
+            return (addr, Host::Task(stop, task));
+        }
+        let log = std::env::temp_dir().join(format!(
+            "livebattle-bench-webhooks-{label}-{}.log",
+            std::process::id()
+        ));
+        let dir = dir.to_string_lossy().into_owned();
+        let server = if label == "bare" {
+            let me = std::env::current_exe().expect("the bench's own path");
+            Server::spawn(&me, &["--serve", "bare"], 65_536, &log)
+        } else {
+            let mut args = vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--sdk-app-id",
+                APP,
+                "--token",
+                TOKEN,
+            ];
+            match label {
+                "durable" => args.extend(["--data-dir", &dir, "--durable-store", "log"]),
+                "durable-redb" => args.extend(["--data-dir", &dir, "--durable-store", "redb"]),
+                _ => args.push("--in-memory"),
+            }
+            Server::spawn(&binary(), &args, 65_536, &log)
+        };
+        (server.addr, Host::Process(server))
+    }
+
+    /// The server's own process, when it has one.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Host::Process(server) => Some(server.pid),
+            Host::Task(..) => None,
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Host::Process(server) => {
+                let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+            }
+            Host::Task(stop, task) => {
+                let _ = stop.send(());
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+/// Prints one run; `server_cpu_s` is the server process's CPU time in it (when it has its own).
+fn report(label: &str, load: &str, run: &Run, server_cpu_s: Option<f64>, connections: usize) {
+    let cpu = run.cpu_s + server_cpu_s.unwrap_or(0.0);
+    let server = server_cpu_s.map_or_else(String::new, |s| {
+        format!("  server {:.2} µs/req", s * 1e6 / (run.ok.max(1) as f64))
+    });
     println!(
-        "{label:>9} {load:<11} {:>8.0} req/s {:>8.0} req/CPU-s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms{}  ({} ok, {} errors, {connections} connections, {:.1} s, {:.1} CPU-s, load {})",
+        "{label:>12} {load:<9} {:>7.0} req/s {:>6.0} req/CPU-s{server}  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms{}  ({} ok, {} errors, {connections} connections, {:.1} s, {:.1} CPU-s{}, load {})",
         run.ok as f64 / run.secs,
-        run.ok as f64 / run.cpu_s.max(0.01),
+        run.ok as f64 / cpu.max(0.01),
         pct_ms(&run.latencies_us, 0.50),
         pct_ms(&run.latencies_us, 0.99),
         pct_ms(&run.latencies_us, 1.0),
@@ -154,50 +251,57 @@ fn report(label: &str, load: &str, run: &Run, connections: usize) {
         run.ok,
         run.errors,
         run.secs,
-        run.cpu_s,
+        cpu,
+        server_cpu_s.map_or_else(String::new, |s| format!(" of which the server {s:.1}")),
         loadavg()
     );
 }
 
-/// One mode: closed loop, then (unless `no_half`) rate-limited at half its maximum. Returns the
-/// maximum requests/s, requests per CPU-second at that maximum and the half-load run's
-/// corrected p99 (ms).
+/// One driven run against `addr`, with the CPU time the server process `pid` used in it.
+async fn measured(
+    addr: SocketAddr,
+    pid: Option<u32>,
+    tag: &str,
+    seconds: f64,
+    connections: usize,
+    rate: Option<f64>,
+) -> (Run, Option<f64>) {
+    let before = pid.map(cpu_s);
+    let run = drive(&[format!("http://{addr}")], tag, seconds, connections, rate).await;
+    let server = pid.zip(before).map(|(pid, before)| cpu_s(pid) - before);
+    (run, server)
+}
+
+/// One mode: closed loop, then (unless `half` is false) rate-limited at half its maximum.
+/// Returns the closed-loop round and the half-load run's corrected p99 (ms).
 async fn mode(
-    mode: Mode,
     label: &str,
+    dir: &std::path::Path,
     seconds: f64,
     connections: usize,
     half: bool,
-) -> (f64, f64, Option<f64>) {
-    let (addr, stop, server) = start(&mode).await;
-    let run = drive(
-        &[format!("http://{addr}")],
-        label,
-        seconds,
-        connections,
-        None,
-    )
-    .await;
-    report(label, "max", &run, connections);
+    in_process: bool,
+) -> (Round, Option<f64>) {
+    let (addr, host) = Host::start(label, dir, in_process).await;
+    let pid = host.pid();
+    let (run, server_cpu) = measured(addr, pid, label, seconds, connections, None).await;
+    report(label, "max", &run, server_cpu, connections);
     let max = run.ok as f64 / run.secs;
-    let per_cpu = run.ok as f64 / run.cpu_s.max(0.01);
+    let round = Round {
+        max,
+        per_cpu: run.ok as f64 / (run.cpu_s + server_cpu.unwrap_or(0.0)).max(0.01),
+        server_us: server_cpu.map(|s| s * 1e6 / run.ok.max(1) as f64),
+    };
     let mut p99 = None;
     if half && max > 0.0 {
         let tag = format!("{label}-half");
-        let run = drive(
-            &[format!("http://{addr}")],
-            &tag,
-            seconds,
-            connections,
-            Some(max / 2.0),
-        )
-        .await;
-        report(label, "half-rate", &run, connections);
+        let (run, server_cpu) =
+            measured(addr, pid, &tag, seconds, connections, Some(max / 2.0)).await;
+        report(label, "half-rate", &run, server_cpu, connections);
         p99 = Some(pct_ms(&run.scheduled_us, 0.99));
     }
-    let _ = stop.send(());
-    let _ = server.await;
-    (max, per_cpu, p99)
+    host.stop().await;
+    (round, p99)
 }
 
 /// `--drive ADDR --requests N`: exactly N requests (closed loop, `connections` connections),
@@ -254,20 +358,30 @@ fn main() -> std::process::ExitCode {
     let seconds: f64 = arg("--seconds").unwrap_or(if smoke { 1.0 } else { 10.0 });
     let connections: usize = arg("--connections").unwrap_or(if smoke { 16 } else { 128 });
     let half = !flag("--no-half");
+    let in_process = flag("--in-process");
     let only: Option<String> = arg("--only");
     let wanted = |m: &str| only.as_deref().is_none_or(|o| o == m);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    println!(
-        "webhooks: {seconds} s per run, {connections} keep-alive connections, {} CPUs",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
     if let Some(which) = arg::<String>("--serve") {
+        // (Its first line is the address: the parent reads it.)
         rt.block_on(serve_only(&which));
         return std::process::ExitCode::SUCCESS;
     }
+    println!(
+        "webhooks: {seconds} s per run, {connections} keep-alive connections, {} CPUs, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if in_process {
+            "each server inside this process (--in-process)".to_owned()
+        } else {
+            format!(
+                "each server in its own process (livebattle: {})",
+                binary().display()
+            )
+        }
+    );
     if let Some(addr) = arg::<SocketAddr>("--drive") {
         let requests = arg("--requests").unwrap_or(20_000);
         rt.block_on(drive_fixed(addr, requests, connections));
@@ -275,8 +389,8 @@ fn main() -> std::process::ExitCode {
     }
     let rounds: usize = arg("--rounds").unwrap_or(1);
     rt.block_on(async {
-        // Per mode: (max req/s, req/CPU-s, half-rate p99) of each round, modes interleaved so a
-        // busy neighbour weighs on each alike. Half-rate runs in the first round only.
+        // Per mode: each round's closed-loop figures and the half-rate p99, modes interleaved so
+        // a busy neighbour weighs on each alike. Half-rate runs in the first round only.
         let mut per_mode: Vec<ModeRounds> = Vec::new();
         let dir = std::env::temp_dir().join(format!("livebattle-bench-{}", std::process::id()));
         for round in 0..rounds.max(1) {
@@ -288,66 +402,103 @@ fn main() -> std::process::ExitCode {
                     continue;
                 }
                 let _ = std::fs::remove_dir_all(&dir);
-                let m = Mode::of(label, &dir);
-                let (max, per_cpu, p99) =
-                    mode(m, label, seconds, connections, half && round == 0).await;
+                let (r, p99) = mode(
+                    label,
+                    &dir,
+                    seconds,
+                    connections,
+                    half && round == 0,
+                    in_process,
+                )
+                .await;
                 let _ = std::fs::remove_dir_all(&dir);
-                match per_mode.iter_mut().find(|r| r.0 == label) {
-                    Some(r) => r.1.push((max, per_cpu)),
-                    None => per_mode.push((label, vec![(max, per_cpu)], p99)),
+                match per_mode.iter_mut().find(|m| m.0 == label) {
+                    Some(m) => m.1.push(r),
+                    None => per_mode.push((label, vec![r], p99)),
                 }
             }
         }
-        let median = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
-            let mut x: Vec<f64> = v.iter().map(f).collect();
-            x.sort_by(f64::total_cmp);
-            x.get(x.len() / 2).copied().unwrap_or(0.0)
-        };
-        let results: Vec<(&str, f64, f64, Option<f64>)> = per_mode
-            .iter()
-            .map(|(l, v, p99)| (*l, median(v, |r| r.0), median(v, |r| r.1), *p99))
-            .collect();
-        let bare = results
-            .iter()
-            .find(|r| r.0 == "bare")
-            .map(|r| (r.1, r.2))
-            .filter(|b| b.0 > 0.0);
-        println!(
-            "summary{}:",
-            if rounds > 1 {
-                format!(" (median of {rounds} rounds)")
-            } else {
-                String::new()
-            }
-        );
-        for (label, max, per_cpu, p99) in &results {
-            let target = match *label {
-                "in-memory" => " (target >= 85%)",
-                "durable" | "durable-redb" => " (target >= 50%)",
-                _ => "",
-            };
-            let ratio = bare.map_or_else(
-                || "-".to_owned(),
-                |(b, b_cpu)| {
-                    format!(
-                        "{:.0}% of bare's req/s, {:.0}% of bare's req/CPU-s{target}",
-                        100.0 * max / b,
-                        100.0 * per_cpu / b_cpu
-                    )
-                },
-            );
-            let p99 = p99.map_or_else(
-                || "-".to_owned(),
-                |p| format!("{p:.2} ms (target <= 5 ms)"),
-            );
-            println!(
-                "  {label:>12}: max {max:>8.0} req/s ({per_cpu:.0} req/CPU-s), {ratio}; p99 at half rate {p99}"
-            );
-        }
-        if results.iter().any(|r| r.1 <= 0.0) {
-            std::process::ExitCode::FAILURE
-        } else {
-            std::process::ExitCode::SUCCESS
-        }
+        summary(&per_mode, rounds)
     })
+}
+
+/// The median of `f` over `rounds` (`None` when no round has it).
+fn median(rounds: &[Round], f: fn(&Round) -> Option<f64>) -> Option<f64> {
+    let mut x: Vec<f64> = rounds.iter().filter_map(f).collect();
+    x.sort_by(f64::total_cmp);
+    x.get(x.len() / 2).copied()
+}
+
+/// A mode's medians over its rounds.
+struct Medians<'a> {
+    label: &'a str,
+    max: f64,
+    per_cpu: f64,
+    server_us: Option<f64>,
+    /// The half-rate run's corrected p99 (ms).
+    p99: Option<f64>,
+}
+
+/// Prints each mode's medians against bare's; fails only when a mode answered nothing.
+fn summary(per_mode: &[ModeRounds], rounds: usize) -> std::process::ExitCode {
+    let results: Vec<Medians> = per_mode
+        .iter()
+        .map(|(label, v, p99)| Medians {
+            label,
+            max: median(v, |r| Some(r.max)).unwrap_or(0.0),
+            per_cpu: median(v, |r| Some(r.per_cpu)).unwrap_or(0.0),
+            server_us: median(v, |r| r.server_us),
+            p99: *p99,
+        })
+        .collect();
+    let bare = results.iter().find(|r| r.label == "bare" && r.max > 0.0);
+    println!(
+        "summary{}:",
+        if rounds > 1 {
+            format!(" (median of {rounds} rounds)")
+        } else {
+            String::new()
+        }
+    );
+    for Medians {
+        label,
+        max,
+        per_cpu,
+        server_us,
+        p99,
+    } in &results
+    {
+        let target = match *label {
+            "in-memory" => " (target >= 85%)",
+            "durable" | "durable-redb" => " (target >= 50%)",
+            _ => "",
+        };
+        let ratio = bare.map_or_else(
+            || "-".to_owned(),
+            |b| {
+                format!(
+                    "{:.0}% of bare's req/s{target}, {:.0}% of bare's req/CPU-s",
+                    100.0 * max / b.max,
+                    100.0 * per_cpu / b.per_cpu
+                )
+            },
+        );
+        let server = match (server_us, bare.and_then(|b| b.server_us)) {
+            (Some(us), Some(bare_us)) => format!(
+                "; server {us:.2} µs/req ({:.0}% of bare's requests per server CPU-s)",
+                100.0 * bare_us / us
+            ),
+            (Some(us), None) => format!("; server {us:.2} µs/req"),
+            _ => String::new(),
+        };
+        let p99 = p99.map_or_else(|| "-".to_owned(), |p| format!("{p:.2} ms (target <= 5 ms)"));
+        println!(
+            "  {label:>12}: max {max:>8.0} req/s ({per_cpu:.0} req/CPU-s), {ratio}{server}; p99 at half rate {p99}"
+        );
+    }
+    if results.iter().any(|r| r.max <= 0.0) {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
 }
