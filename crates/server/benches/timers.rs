@@ -264,6 +264,8 @@ fn main() -> std::process::ExitCode {
         }
     });
     server.stop();
-    let _ = std::fs::remove_file(&log);
+    if std::env::var_os("LIVEBATTLE_BENCH_KEEP_LOG").is_none() {
+        let _ = std::fs::remove_file(&log);
+    }
     code
 }
