@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 
 mod common;
 
-use common::{arg, drive, now_ms, pct_ms, smoke, APP, TOKEN};
+use common::{arg, drive, now_ms, pct_ms, server_args, smoke};
 
 const BIN: &str = env!("CARGO_BIN_EXE_livebattle");
 
@@ -28,14 +28,7 @@ async fn instance(storage: &[String]) -> (Child, String) {
     let mut cmd = Command::new(BIN);
     cmd.env("RUST_LOG", "error")
         .kill_on_drop(true)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--sdk-app-id",
-            APP,
-            "--token",
-            TOKEN,
-        ])
+        .args(server_args(&[]))
         .args(storage)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -58,8 +58,8 @@ mod common;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use common::{
-    arg, binary, bodies, cpu_s, drive, flag, http_client, pct_ms, post_callback, Run, Server, APP,
-    TOKEN,
+    arg, binary, bodies, cpu_s, drive, flag, http_client, pct_ms, post_callback, server_args, Run,
+    Server, APP, TOKEN,
 };
 
 fn loadavg() -> String {
@@ -186,19 +186,11 @@ impl Host {
             let me = std::env::current_exe().expect("the bench's own path");
             Server::spawn(&me, &["--serve", "bare"], 65_536, &log)
         } else {
-            let mut args = vec![
-                "--listen",
-                "127.0.0.1:0",
-                "--sdk-app-id",
-                APP,
-                "--token",
-                TOKEN,
-            ];
-            match label {
-                "durable" => args.extend(["--data-dir", &dir, "--durable-store", "log"]),
-                "durable-redb" => args.extend(["--data-dir", &dir, "--durable-store", "redb"]),
-                _ => args.push("--in-memory"),
-            }
+            let args = match label {
+                "durable" => server_args(&["--data-dir", &dir, "--durable-store", "log"]),
+                "durable-redb" => server_args(&["--data-dir", &dir, "--durable-store", "redb"]),
+                _ => server_args(&["--in-memory"]),
+            };
             Server::spawn(&binary(), &args, 65_536, &log)
         };
         (server.addr, Host::Process(server))

@@ -157,6 +157,23 @@ pub fn binary() -> PathBuf {
     )
 }
 
+/// `livebattle`'s flags for a bench: a free loopback port, the bench's app, token and admin
+/// token, then `storage` (`--in-memory`, or `--data-dir DIR ...`).
+pub fn server_args<'a>(storage: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--sdk-app-id",
+        APP,
+        "--token",
+        TOKEN,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ];
+    args.extend_from_slice(storage);
+    args
+}
+
 /// The real server process.
 pub struct Server {
     pub child: Child,
@@ -169,17 +186,7 @@ impl Server {
     /// admin token, plus `extra` flags, with an open-file limit of `nofile`; waits for its
     /// `listening on` line. Its log goes to `log`.
     pub fn start(extra: &[&str], nofile: u64, log: &std::path::Path) -> Server {
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--sdk-app-id",
-            APP,
-            "--token",
-            TOKEN,
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--in-memory",
-        ];
+        let mut args = server_args(&["--in-memory"]);
         args.extend_from_slice(extra);
         Server::spawn(&binary(), &args, nofile, log)
     }
