@@ -197,12 +197,22 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
+/// How far an engine subscription of every battle may fall behind before it lags: an SSE lane
+/// (`sse::direct`) or an `/v1/events` stream. A lane's task waits its turn among every request
+/// task: at 60,000 notifications a second, 1,024 (the engine's default) is 17 ms of waiting,
+/// which a busy two-core server exceeds, and a lane that lags makes each of its streams start
+/// again. 8,192 is 130 ms; the engine's broadcast ring holds that many notifications
+/// (≈ 6 MiB) once that many were sent. The same figure is a stream's lag limit
+/// ([`Engine::lag_limit`]).
+const SUBSCRIPTION_CAPACITY: usize = 8_192;
+
 /// Starts an engine as `config` says: its store (durable in the data dir, or in memory), rules,
 /// shards and the replay ring for SSE resumption. With a data dir, this loads every stored
 /// battle and re-arms its timer (overdue ones fire at once, marked late).
 pub async fn start_engine(config: &Config) -> Result<Engine, EngineError> {
     let mut builder = Engine::builder()
         .rules(config.rules.clone())
+        .channel_capacity(SUBSCRIPTION_CAPACITY)
         .replay_capacity(config.replay_capacity);
     if let Some(n) = config.shards {
         builder = builder.shards(n);

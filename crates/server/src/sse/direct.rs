@@ -20,12 +20,18 @@
 //!   released: the start goes out, then what was held and is newer. So no notification falls
 //!   between the start and the lane, and none is sent twice.
 //! * **Lag**: a stream more events behind than a subscription may fall
-//!   ([`Engine::lag_limit`]: 1,024, or 64 for one battle or room) drops the waiting events (the rest of one begun is
+//!   ([`Engine::lag_limit`]: 8,192 in the server, or 64 for one battle or room) drops the waiting events (the rest of one begun is
 //!   still written), skips what follows, and once its queue is written starts again with a
 //!   fresh snapshot (`reason: "lagged"`), as axum's streams do when their subscription lags.
 //!   Waiting events share the lane's buffers: a stream's queue costs a pointer per event. A
 //!   lane whose subscription lags makes each of its streams lag. A lagging stream gets at most
 //!   one fresh snapshot a second (each is up to 10,000 battles, megabytes).
+//! * **Catching up**: the events that come while a client reads its start (a snapshot of
+//!   megabytes takes a reader tens of milliseconds, in which thousands of events may come) do
+//!   not count against the limit alone: from its start until it is back within the limit, a
+//!   stream may be up to [`CATCH_UP`] times the limit behind. Otherwise a client reading as fast
+//!   as its socket could never recover from a lag under a high event rate (each fresh snapshot
+//!   would make it lag again).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -222,6 +228,12 @@ async fn run(state: AppState, mut socket: TcpStream, filter: Filter, last_event_
 /// The least time between two fresh snapshots of one lagging stream.
 const LAG_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
+/// The most queued chunks one write of a stream takes (`writev`).
+const WRITE_BATCH: usize = 64;
+
+/// How many times its lag limit a stream may be behind while it catches up after its start.
+pub(crate) const CATCH_UP: usize = 4;
+
 /// How a stream (re)starts.
 enum Resume {
     /// Its request's `Last-Event-ID`, if any.
@@ -322,6 +334,9 @@ struct Out {
     begun: bool,
     /// Fell behind: events are skipped until the queue is written and a snapshot sent.
     lagged: bool,
+    /// Since its start was queued and until it is back within the limit (or has written all):
+    /// the stream may be [`CATCH_UP`] times the limit behind.
+    catching_up: bool,
     /// The socket failed, the engine is gone or the stream ended.
     closed: bool,
 }
@@ -401,6 +416,7 @@ impl Stream {
             out.lagged = false;
         }
         out.dropped_upto = 0;
+        out.catching_up = true;
         out.queue.extend(start);
         for (seq, frame) in std::mem::take(&mut out.held) {
             if seq > out.covered {
@@ -466,41 +482,75 @@ impl Stream {
         }
     }
 
-    /// Writes the queue as far as the socket takes it.
+    /// Writes the queue as far as the socket takes it, up to [`WRITE_BATCH`] chunks per write:
+    /// a stream that is behind sends its events in large segments, not one segment each (a
+    /// client with a small receive buffer is charged far more for many small segments than for
+    /// their bytes, and would fall further behind).
     fn step(&self) -> Step {
         let mut guard = self.out();
         let out = &mut *guard;
-        while !out.closed {
-            let Some(front) = out.queue.front_mut() else {
-                break;
-            };
-            let bytes = match front {
-                Waiting::Chunk(bytes, _) => bytes,
-                Waiting::Replay(n) => {
-                    match rendered(n) {
-                        Ok(f) => *front = Waiting::Chunk(chunk(&f), false),
+        while !out.closed && !out.queue.is_empty() {
+            // Replays are rendered as the socket gets to them.
+            for waiting in out.queue.iter_mut().take(WRITE_BATCH) {
+                if let Waiting::Replay(n) = waiting {
+                    let bytes = match rendered(n) {
+                        Ok(f) => chunk(&f),
                         Err(e) => {
                             tracing::error!(error = %e, "could not serialise an SSE event");
-                            out.queue.pop_front();
+                            Bytes::new()
                         }
+                    };
+                    *waiting = Waiting::Chunk(bytes, false);
+                }
+            }
+            let (written, total) = {
+                let mut slices = [io::IoSlice::new(&[]); WRITE_BATCH];
+                let (mut used, mut total) = (0, 0);
+                for (slice, waiting) in slices.iter_mut().zip(out.queue.iter()) {
+                    if let Waiting::Chunk(bytes, _) = waiting {
+                        *slice = io::IoSlice::new(bytes);
+                        used += 1;
+                        total += bytes.len();
                     }
-                    continue;
+                }
+                (self.socket.try_write_vectored(&slices[..used]), total)
+            };
+            let mut n = match written {
+                // (A socket that takes nothing of something is gone, as for `write_all`.)
+                Ok(0) if total > 0 => {
+                    out.closed = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Blocked,
+                Err(_) => {
+                    out.closed = true;
+                    break;
                 }
             };
-            match self.socket.try_write(bytes) {
-                Ok(n) if n == bytes.len() => {
-                    if let Some(Waiting::Chunk(_, true)) = out.queue.pop_front() {
-                        out.behind -= 1;
+            // Whole chunks leave the queue; a chunk written in part keeps its rest.
+            while let Some(Waiting::Chunk(bytes, counted)) = out.queue.front_mut() {
+                if n < bytes.len() {
+                    if n > 0 {
+                        *bytes = bytes.slice(n..);
+                        out.begun = true;
                     }
-                    out.begun = false;
+                    break;
                 }
-                Ok(n) => {
-                    *bytes = bytes.slice(n..);
-                    out.begun = true;
+                n -= bytes.len();
+                if *counted {
+                    // (Events queue behind the start: it is written.)
+                    out.behind -= 1;
+                    if out.behind <= self.limit {
+                        out.catching_up = false;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Blocked,
-                Err(_) => out.closed = true,
+                out.queue.pop_front();
+                out.begun = false;
             }
+        }
+        if out.queue.is_empty() {
+            out.catching_up = false;
         }
         if out.closed {
             Step::Done(Ended::Closed)
@@ -543,15 +593,20 @@ impl Stream {
 
 impl Out {
     /// Queues an offered chunk's `bytes` (`begun`: the rest of one partly written; `event`: an
-    /// event, not a keep-alive); more than `limit` events behind, the stream lags and keeps
-    /// only what it began writing.
+    /// event, not a keep-alive); more than `limit` events behind (`CATCH_UP` times that while
+    /// catching up), the stream lags and keeps only what it began writing.
     fn enqueue(&mut self, bytes: Bytes, begun: bool, event: bool, limit: usize) {
         if self.queue.is_empty() {
             self.begun = begun;
         }
         self.queue.push_back(Waiting::Chunk(bytes, event));
         self.behind += usize::from(event);
-        if self.behind > limit {
+        let allowed = if self.catching_up {
+            limit.saturating_mul(CATCH_UP)
+        } else {
+            limit
+        };
+        if self.behind > allowed {
             self.lag();
         }
     }
@@ -1224,6 +1279,63 @@ mod tests {
         stream.release(vec![start], 18);
         assert!(!stream.out().lagged, "nothing was lost");
         assert!(matches!(stream.step(), Step::Idle));
+    }
+
+    #[tokio::test]
+    async fn while_a_client_reads_its_start_the_stream_may_fall_further_behind_then_not() {
+        let (mut client, server) = pair(Some(4096)).await;
+        let stream = Arc::new(stream_on(server, 2));
+        let big = |fill: u8| Bytes::from(vec![fill; 8 << 20]);
+        stream.release(vec![Waiting::Chunk(big(b's'), false)], 10);
+        assert!(
+            matches!(stream.step(), Step::Blocked),
+            "the client reads nothing yet"
+        );
+        // While the start is being read, up to CATCH_UP times the limit may wait.
+        let allowed = 2 * CATCH_UP as u64;
+        for seq in 11..=10 + allowed {
+            stream.offer(Some(seq), &Bytes::from(vec![1u8]));
+        }
+        assert!(
+            !stream.out().lagged,
+            "{allowed} events behind a start: catching up"
+        );
+        // The client reads the start and those events; once they are written, the stream is
+        // back within its limit, and the limit is the plain one again.
+        let expected = (8 << 20) + allowed as usize;
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; expected];
+            client.read_exact(&mut got).await.unwrap();
+            client
+        });
+        loop {
+            match stream.step() {
+                Step::Blocked => {
+                    let _ = stream.socket.writable().await;
+                }
+                Step::Idle => break,
+                Step::Done(ended) => panic!("ended: {ended:?}"),
+            }
+        }
+        let _client = reader.await.unwrap();
+        assert!(!stream.out().catching_up);
+        stream.offer(Some(11 + allowed), &big(b'e'));
+        stream.offer(Some(12 + allowed), &Bytes::from(vec![1u8]));
+        assert!(!stream.out().lagged, "2 behind (one partly written)");
+        stream.offer(Some(13 + allowed), &Bytes::from(vec![1u8]));
+        assert!(
+            stream.out().lagged,
+            "3 behind, caught up: past the plain limit"
+        );
+        // One more while catching up than it may: lags.
+        let (_client, server) = pair(Some(4096)).await;
+        let stream = stream_on(server, 2);
+        stream.release(vec![Waiting::Chunk(big(b's'), false)], 10);
+        assert!(matches!(stream.step(), Step::Blocked));
+        for seq in 11..=11 + allowed {
+            stream.offer(Some(seq), &Bytes::from(vec![1u8]));
+        }
+        assert!(stream.out().lagged);
     }
 
     #[tokio::test]
