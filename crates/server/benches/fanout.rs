@@ -68,7 +68,7 @@ async fn subscribe_all(
         tasks.push(tokio::spawn(async move {
             let _permit = parallel.acquire_owned().await;
             for attempt in 0..5 {
-                match SseClient::connect(addr, source, &path).await {
+                match SseClient::connect(addr, source, &path, Some(16 * 1024)).await {
                     Ok(mut client) => {
                         return match client.next().await {
                             Some(e) if e.name == "snapshot" => Some((i, client)),

@@ -80,7 +80,7 @@ fn main() -> std::process::ExitCode {
         let outside = Arc::new(Mutex::new(Outside::default()));
         let fired_outside = Arc::new(AtomicU64::new(0));
         let reader = if sse {
-            let mut client = SseClient::connect(addr, None, "/v1/events")
+            let mut client = SseClient::connect(addr, None, "/v1/events", None)
                 .await
                 .expect("open /v1/events");
             let first = client.next().await.expect("the initial snapshot");

@@ -310,10 +310,16 @@ pub struct SseClient {
 }
 
 impl SseClient {
+    /// Opens `path` from `source` (any loopback address by default). `recv_buffer` sets the
+    /// socket's receive buffer: small ones let 100,000 streams live in one process, but on
+    /// loopback (64 KiB segments) a stream that falls behind then gets one window of data per
+    /// delayed acknowledgement (≈ 65 KB/s); `None` keeps the kernel's autotuning, as a
+    /// browser's connection has.
     pub async fn connect(
         addr: SocketAddr,
         source: Option<IpAddr>,
         path: &str,
+        recv_buffer: Option<u32>,
     ) -> std::io::Result<SseClient> {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -322,8 +328,9 @@ impl SseClient {
         if let Some(ip) = source {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
-        // Small buffers: 100,000 of these live in one process.
-        let _ = socket.set_recv_buffer_size(16 * 1024);
+        if let Some(bytes) = recv_buffer {
+            let _ = socket.set_recv_buffer_size(bytes);
+        }
         let mut stream = socket.connect(addr).await?;
         let _ = stream.set_nodelay(true);
         let req =
