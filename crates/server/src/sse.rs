@@ -197,6 +197,11 @@ impl Drop for Open {
 
 type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// The least time between two fresh snapshots of one lagging stream: a client slower than the
+/// notifications lags again and again, and each fresh snapshot (up to 10,000 battles,
+/// megabytes) costs the server.
+pub(crate) const LAG_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Feed {
     engine: Engine,
     filter: Filter,
@@ -205,6 +210,10 @@ struct Feed {
     covered: u64,
     first: Option<Snapshot>,
     shutdown: Shutdown,
+    /// When the last fresh snapshot after a lag was sent.
+    lagged_at: Option<tokio::time::Instant>,
+    /// A lag waiting for [`LAG_SNAPSHOT_EVERY`] to pass before its fresh snapshot.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
     _open: Open,
 }
 
@@ -217,6 +226,13 @@ impl Feed {
         }
         if self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
+        }
+        if let Some(pause) = self.pause.as_mut() {
+            if std::future::Future::poll(pause.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+            return Poll::Ready(Some(self.lag_snapshot()));
         }
         loop {
             let delivery = match Pin::new(&mut self.subscription).poll_next(cx) {
@@ -232,12 +248,30 @@ impl Feed {
                 }
                 Delivery::Lagged { missed } => {
                     tracing::debug!(missed, "SSE subscriber lagged; sending a fresh snapshot");
-                    let fresh = snapshot(&self.engine, &self.filter, "lagged");
-                    self.covered = fresh.seq;
-                    return Poll::Ready(Some(Item::Snapshot(fresh)));
+                    let due = self.lagged_at.map(|at| at + LAG_SNAPSHOT_EVERY);
+                    match due {
+                        Some(due) if tokio::time::Instant::now() < due => {
+                            let mut pause = Box::pin(tokio::time::sleep_until(due));
+                            // (Polled once, so that its waker is registered.)
+                            if std::future::Future::poll(pause.as_mut(), cx).is_pending() {
+                                self.pause = Some(pause);
+                                return Poll::Pending;
+                            }
+                            return Poll::Ready(Some(self.lag_snapshot()));
+                        }
+                        _ => return Poll::Ready(Some(self.lag_snapshot())),
+                    }
                 }
             }
         }
+    }
+
+    /// A fresh snapshot after a lag; what it covers is not sent again.
+    fn lag_snapshot(&mut self) -> Item {
+        let fresh = snapshot(&self.engine, &self.filter, "lagged");
+        self.covered = fresh.seq;
+        self.lagged_at = Some(tokio::time::Instant::now());
+        Item::Snapshot(fresh)
     }
 
     #[cfg(test)]
@@ -340,6 +374,8 @@ fn open(state: &AppState, filter: Filter, headers: &HeaderMap) -> Response {
         covered,
         first,
         shutdown: Box::pin(state.shutdown_signal()),
+        lagged_at: None,
+        pause: None,
         _open: Open::new(state.sse_streams()),
     };
     let body = Body::from_stream(Events {
@@ -430,6 +466,8 @@ mod tests {
             covered,
             first,
             shutdown: Box::pin(std::future::pending()),
+            lagged_at: None,
+            pause: None,
             _open: Open::new(Arc::default()),
         }
     }
@@ -556,6 +594,37 @@ mod tests {
             panic!("expected the next notification");
         };
         assert_eq!(n.seq, 6);
+        engine.shutdown().await;
+    }
+
+    // (Real time: the server's tests run without tokio's test-util; the assertion is a lower
+    // bound, which a timer guarantees.)
+    #[tokio::test]
+    async fn a_subscriber_that_lags_again_gets_at_most_one_fresh_snapshot_a_second() {
+        let engine = Engine::builder().channel_capacity(2).start().await.unwrap();
+        let mut feed = feed(&engine, None, 0);
+        let lag = |engine: Engine, round: u32| async move {
+            for i in 0..5 {
+                engine
+                    .apply(created(&format!("again-{round}-{i}")))
+                    .await
+                    .unwrap();
+            }
+        };
+        lag(engine.clone(), 1).await;
+        let started = tokio::time::Instant::now();
+        assert!(matches!(feed.next_item().await, Some(Item::Snapshot(_))));
+        lag(engine.clone(), 2).await;
+        let Some(Item::Snapshot(s)) = feed.next_item().await else {
+            panic!("expected a second fresh snapshot");
+        };
+        assert!(
+            started.elapsed() >= LAG_SNAPSHOT_EVERY,
+            "the second came {:?} after the first",
+            started.elapsed()
+        );
+        // Read when it is sent: it covers what came during the pause.
+        assert_eq!((s.reason, s.seq), ("lagged", 10));
         engine.shutdown().await;
     }
 

@@ -40,7 +40,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::Method;
@@ -52,7 +51,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{last_event_id_value, rendered, snapshot, start, Item, Open, KEEP_ALIVE};
+use super::{
+    last_event_id_value, rendered, snapshot, start, Item, Open, KEEP_ALIVE, LAG_SNAPSHOT_EVERY,
+};
 use crate::state::AppState;
 
 /// A request head the listener read: an event stream served here, something else, or not
@@ -224,9 +225,6 @@ async fn run(state: AppState, mut socket: TcpStream, filter: Filter, last_event_
     stream.finish(ended == Ended::Shutdown);
     lanes.leave(&key, &lane, &stream);
 }
-
-/// The least time between two fresh snapshots of one lagging stream.
-const LAG_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 /// The most queued chunks one write of a stream takes (`writev`).
 const WRITE_BATCH: usize = 64;
@@ -782,6 +780,8 @@ async fn run_lane(state: AppState, key: LaneKey, lane: Arc<Lane>, mut subscripti
 
 #[cfg(test)]
 mod tests {
+
+    use std::time::Duration;
 
     use livebattle_engine::{Created, Event};
     use tokio::io::AsyncReadExt;
