@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Instruction profile of the webhook hot path with callgrind (repeatable on a busy machine).
 #
-#   bash scripts/profile-webhooks.sh [MODE] [REQUESTS]     # MODE: in-memory (default), bare or durable
+#   bash scripts/profile-webhooks.sh [MODE] [REQUESTS]     # MODE: in-memory (default), bare, durable,
+#                                                          # or binary: the release `livebattle`
+#                                                          # binary itself, in memory, with its log
+#                                                          # subscriber (the bench's servers have none)
 #
 # Builds the `webhooks` bench with line tables (its own target dir, so the optimised code is the
 # release code plus debug info), starts `webhooks --serve MODE` under
@@ -26,8 +29,16 @@ CARGO_PROFILE_BENCH_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_DEBUG=line-tabl
 bin="$(ls -t "$target"/release/deps/webhooks-* | grep -v '\.d$' | head -n 1)"
 
 log="$out_dir/serve-$mode.log"
+if [ "$mode" = binary ]; then
+  CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_TARGET_DIR="$target" \
+    cargo build --release -p livebattle-server --bin livebattle 2>&1 | tail -n 1
+  serve=("$target/release/livebattle" --listen 127.0.0.1:0 --sdk-app-id 1400000001
+    --token bench-token --in-memory)
+else
+  serve=("$bin" --serve "$mode")
+fi
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-  "$bin" --serve "$mode" >"$log" 2>"$out_dir/valgrind-$mode.log" &
+  "${serve[@]}" >"$log" 2>"$out_dir/valgrind-$mode.log" &
 pid=$!
 addr=""
 for _ in $(seq 1 600); do
