@@ -90,6 +90,17 @@ struct Round {
     server_us: Option<f64>,
 }
 
+impl Round {
+    /// The figures of `run`, in which the server's own process (if any) used `server_cpu_s`.
+    fn of(run: &Run, server_cpu_s: Option<f64>) -> Round {
+        Round {
+            max: run.ok as f64 / run.secs,
+            per_cpu: run.ok as f64 / (run.cpu_s + server_cpu_s.unwrap_or(0.0)).max(0.01),
+            server_us: server_cpu_s.map(|s| s * 1e6 / run.ok.max(1) as f64),
+        }
+    }
+}
+
 /// A mode's label, its rounds, and its half-rate p99.
 type ModeRounds = (&'static str, Vec<Round>, Option<f64>);
 
@@ -220,13 +231,14 @@ impl Host {
 /// Prints one run; `server_cpu_s` is the server process's CPU time in it (when it has its own).
 fn report(label: &str, load: &str, run: &Run, server_cpu_s: Option<f64>, connections: usize) {
     let cpu = run.cpu_s + server_cpu_s.unwrap_or(0.0);
-    let server = server_cpu_s.map_or_else(String::new, |s| {
-        format!("  server {:.2} µs/req", s * 1e6 / (run.ok.max(1) as f64))
-    });
+    let figures = Round::of(run, server_cpu_s);
+    let server = figures
+        .server_us
+        .map_or_else(String::new, |us| format!("  server {us:.2} µs/req"));
     println!(
         "{label:>12} {load:<9} {:>7.0} req/s {:>6.0} req/CPU-s{server}  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms{}  ({} ok, {} errors, {connections} connections, {:.1} s, {:.1} CPU-s{}, load {})",
-        run.ok as f64 / run.secs,
-        run.ok as f64 / cpu.max(0.01),
+        figures.max,
+        figures.per_cpu,
         pct_ms(&run.latencies_us, 0.50),
         pct_ms(&run.latencies_us, 0.99),
         pct_ms(&run.latencies_us, 1.0),
@@ -278,12 +290,8 @@ async fn mode(
     let pid = host.pid();
     let (run, server_cpu) = measured(addr, pid, label, seconds, connections, None).await;
     report(label, "max", &run, server_cpu, connections);
-    let max = run.ok as f64 / run.secs;
-    let round = Round {
-        max,
-        per_cpu: run.ok as f64 / (run.cpu_s + server_cpu.unwrap_or(0.0)).max(0.01),
-        server_us: server_cpu.map(|s| s * 1e6 / run.ok.max(1) as f64),
-    };
+    let round = Round::of(&run, server_cpu);
+    let max = round.max;
     let mut p99 = None;
     if half && max > 0.0 {
         let tag = format!("{label}-half");

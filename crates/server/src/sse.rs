@@ -227,14 +227,15 @@ impl Feed {
         if self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        if let Some(pause) = self.pause.as_mut() {
-            if std::future::Future::poll(pause.as_mut(), cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.pause = None;
-            return Poll::Ready(Some(self.lag_snapshot()));
-        }
         loop {
+            // A lag waiting out its second: the snapshot comes when it has passed.
+            if let Some(pause) = self.pause.as_mut() {
+                if std::future::Future::poll(pause.as_mut(), cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.pause = None;
+                return Poll::Ready(Some(self.lag_snapshot()));
+            }
             let delivery = match Pin::new(&mut self.subscription).poll_next(cx) {
                 Poll::Ready(Some(d)) => d,
                 Poll::Ready(None) => return Poll::Ready(None),
@@ -248,16 +249,10 @@ impl Feed {
                 }
                 Delivery::Lagged { missed } => {
                     tracing::debug!(missed, "SSE subscriber lagged; sending a fresh snapshot");
-                    let due = self.lagged_at.map(|at| at + LAG_SNAPSHOT_EVERY);
-                    match due {
-                        Some(due) if tokio::time::Instant::now() < due => {
-                            let mut pause = Box::pin(tokio::time::sleep_until(due));
-                            // (Polled once, so that its waker is registered.)
-                            if std::future::Future::poll(pause.as_mut(), cx).is_pending() {
-                                self.pause = Some(pause);
-                                return Poll::Pending;
-                            }
-                            return Poll::Ready(Some(self.lag_snapshot()));
+                    let now = tokio::time::Instant::now();
+                    match self.lagged_at.map(|at| at + LAG_SNAPSHOT_EVERY) {
+                        Some(due) if now < due => {
+                            self.pause = Some(Box::pin(tokio::time::sleep_until(due)));
                         }
                         _ => return Poll::Ready(Some(self.lag_snapshot())),
                     }
