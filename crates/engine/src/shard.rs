@@ -694,10 +694,10 @@ impl ShardCell {
         }
         let now = shard.now();
         shard.forget_expired(now);
-        let next_before = shard.queue.next_deadline();
+        let next_before = shard.queue.next_attention();
         let r = apply(shard, input, now);
         shard.finish_step();
-        let next_after = shard.queue.next_deadline();
+        let next_after = shard.queue.next_attention();
         drop(guard);
         if next_after.is_some() && (next_before.is_none() || next_after < next_before) {
             self.wake.notify_one();

@@ -10,6 +10,13 @@
 //! holds exactly one millisecond: they are due. Every level keeps a 64-bit mask of its occupied
 //! slots, so the next deadline is found in a few instructions.
 //!
+//! Moving a slot down all at once would stall the shard for as long as the slot is large: a
+//! level-3 slot spans 262 s, and at a million battles armed over a minute it can hold half a
+//! million entries (several ms of moving, during which the timers due at its start wait). So the
+//! next slot of a level ≥ 2 is *staged* ahead of time ([`TimerQueue::stage`]), a few thousand
+//! entries per poll: its entries are sorted into 64 buckets by the lower-level slot they will
+//! fall into, and when the wheel reaches the slot the buckets simply become those lower slots.
+//!
 //! There is no cancellation at all: a battle that changes its timer simply queues the new one,
 //! and the old entry, when it comes due, fails the generation check and does nothing (Akka's and
 //! gen_statem's guarantee, for the price of a few bytes until the stale deadline passes).
@@ -33,6 +40,15 @@ const LEVELS: usize = 7;
 const SPAN: u64 = 1 << (SLOT_BITS as usize * LEVELS);
 /// A drained slot keeps its buffer for the next round unless it grew beyond this many entries.
 const KEEP_CAPACITY: usize = 4096;
+/// Entries a poll stages at most before it yields ([`TimerQueue::stage`]): tens of µs.
+const STAGE_BUDGET: usize = 4096;
+/// How long before a slot comes due its staging starts (ms): time for a few million entries at
+/// [`STAGE_BUDGET`] a poll, and short enough that few of the slot's entries arrive after it
+/// (those go straight into the buckets).
+const STAGE_LEAD_MS: u64 = 1_000;
+/// The lowest level whose slots are staged: a level-1 slot spans 64 ms, small enough to move
+/// at once.
+const STAGE_FROM_LEVEL: usize = 2;
 
 /// Entries with their deadline (Unix ms).
 type Slot<T> = Vec<(i64, T)>;
@@ -50,6 +66,28 @@ pub(crate) struct TimerQueue<T> {
     sleep: Option<Pin<Box<Sleep>>>,
     /// The deadline `sleep` is set for.
     armed_for: Option<i64>,
+    /// The slot being moved down ahead of its time, if any.
+    staging: Option<Staging<T>>,
+}
+
+/// A slot of level `level` ≥ [`STAGE_FROM_LEVEL`] being moved down ahead of time: its entries,
+/// taken from the slot a budget at a time, sorted by the slot of level `level - 1` they fall
+/// into. The slot keeps its occupancy bit until the wheel reaches it.
+struct Staging<T> {
+    level: usize,
+    slot: usize,
+    /// Where the slot starts (Unix ms): the wheel's position when it comes due.
+    start: u64,
+    /// Per lower slot; bucket 0 holds the entries due within the first lower slot's span, which
+    /// go further down (by [`TimerQueue::insert`]) when the slot comes due.
+    buckets: Vec<Slot<T>>,
+}
+
+impl<T> Staging<T> {
+    fn push(&mut self, at_ms: i64, item: T) {
+        let lower = ((at_ms.max(0) as u64) >> (SLOT_BITS as usize * (self.level - 1))) as usize;
+        self.buckets[lower % SLOTS].push((at_ms, item));
+    }
 }
 
 /// The next slot to process: its level, index and start (Unix ms).
@@ -71,6 +109,7 @@ impl<T> TimerQueue<T> {
             ready: Vec::new(),
             sleep: None,
             armed_for: None,
+            staging: None,
         }
     }
 
@@ -83,8 +122,11 @@ impl<T> TimerQueue<T> {
         }
         let level = level_for(self.elapsed, when);
         let slot = ((when >> (SLOT_BITS as usize * level)) as usize) % SLOTS;
-        self.slots[level * SLOTS + slot].push((at_ms, item));
         self.occupied[level] |= 1 << slot;
+        match &mut self.staging {
+            Some(s) if (s.level, s.slot) == (level, slot) => s.push(at_ms, item),
+            _ => self.slots[level * SLOTS + slot].push((at_ms, item)),
+        }
     }
 
     /// When the queue next needs attention (Unix ms): the earliest deadline, or the start of a
@@ -97,9 +139,14 @@ impl<T> TimerQueue<T> {
     }
 
     fn next_expiration(&self) -> Option<Expiration> {
+        self.next_expiration_from(0)
+    }
+
+    /// The next slot to process among the levels from `lowest` up.
+    fn next_expiration_from(&self, lowest: usize) -> Option<Expiration> {
         // Every entry of a lower level is due before every entry of a higher one, so the lowest
         // occupied level holds the next slot.
-        (0..LEVELS).find_map(|level| {
+        (lowest..LEVELS).find_map(|level| {
             let occupied = self.occupied[level];
             if occupied == 0 {
                 return None;
@@ -140,6 +187,7 @@ impl<T> TimerQueue<T> {
             self.elapsed = exp.deadline;
             let index = exp.level * SLOTS + exp.slot;
             self.occupied[exp.level] &= !(1 << exp.slot);
+            self.unstage(exp);
             let mut entries = std::mem::take(&mut self.slots[index]);
             for (at, item) in entries.drain(..) {
                 // Down a level (or into `ready` when due at the slot's start).
@@ -153,6 +201,101 @@ impl<T> TimerQueue<T> {
         self.elapsed = self.elapsed.max(now);
         if !out[start..].is_sorted_by_key(|(at, _)| *at) {
             out[start..].sort_by_key(|(at, _)| *at);
+        }
+    }
+
+    /// The next slot to stage: the next of the levels ≥ [`STAGE_FROM_LEVEL`] below the top
+    /// (the top level's current slot can park deadlines beyond the span).
+    fn stage_target(&self) -> Option<Expiration> {
+        self.next_expiration_from(STAGE_FROM_LEVEL)
+            .filter(|e| e.level < LEVELS - 1)
+    }
+
+    /// When staging next wants a poll (Unix ms): at once while the staged slot holds entries
+    /// not yet staged; [`STAGE_LEAD_MS`] before the next slot to stage comes due; `None` when
+    /// there is nothing to stage.
+    pub(crate) fn stage_at(&self) -> Option<i64> {
+        match &self.staging {
+            Some(s) => {
+                (!self.slots[s.level * SLOTS + s.slot].is_empty()).then_some(self.elapsed as i64)
+            }
+            None => self
+                .stage_target()
+                .map(|e| e.deadline.saturating_sub(STAGE_LEAD_MS).max(self.elapsed) as i64),
+        }
+    }
+
+    /// Stages up to `budget` entries of the next slot of a level ≥ [`STAGE_FROM_LEVEL`] once
+    /// it is [`STAGE_LEAD_MS`] away at `now_ms`, so that reaching it costs 64 swaps instead of
+    /// moving every entry. Returns whether entries remain to stage (the caller should come
+    /// back soon).
+    pub(crate) fn stage(&mut self, now_ms: i64, budget: usize) -> bool {
+        if self.staging.is_none() {
+            let Some(exp) = self.stage_target() else {
+                return false;
+            };
+            if exp.deadline.saturating_sub(STAGE_LEAD_MS) > now_ms.max(0) as u64 {
+                return false;
+            }
+            self.staging = Some(Staging {
+                level: exp.level,
+                slot: exp.slot,
+                start: exp.deadline,
+                buckets: (0..SLOTS).map(|_| Vec::new()).collect(),
+            });
+        }
+        let Some(staging) = self.staging.as_mut() else {
+            return false;
+        };
+        let source = &mut self.slots[staging.level * SLOTS + staging.slot];
+        let take = source.len().min(budget);
+        for (at, item) in source.drain(source.len() - take..) {
+            staging.push(at, item);
+        }
+        if source.is_empty() && source.capacity() > KEEP_CAPACITY {
+            *source = Vec::new();
+        }
+        !source.is_empty()
+    }
+
+    /// When the wheel reaches the staged slot (`exp`), its buckets become the slots of the level
+    /// below; its bucket 0 and whatever the slot gained since go down the usual way.
+    fn unstage(&mut self, exp: Expiration) {
+        if self
+            .staging
+            .as_ref()
+            .is_none_or(|s| (s.level, s.slot) != (exp.level, exp.slot))
+        {
+            return;
+        }
+        let Some(staging) = self.staging.take() else {
+            return;
+        };
+        debug_assert_eq!(
+            staging.start, exp.deadline,
+            "a staged slot comes due at its start"
+        );
+        let lower = staging.level - 1;
+        for (j, mut bucket) in staging.buckets.into_iter().enumerate() {
+            if bucket.is_empty() {
+                continue;
+            }
+            if j == 0 {
+                // Due within the lower level's current slot: further down.
+                for (at, item) in bucket.drain(..) {
+                    self.insert(at, item);
+                }
+                continue;
+            }
+            let target = &mut self.slots[lower * SLOTS + j];
+            if target.is_empty() {
+                // The lower level is empty when the wheel reaches a higher slot (its window
+                // has passed); keep the target's buffer for a later bucket.
+                std::mem::swap(target, &mut bucket);
+            } else {
+                target.append(&mut bucket);
+            }
+            self.occupied[lower] |= 1 << j;
         }
     }
 
@@ -173,16 +316,31 @@ impl<T> TimerQueue<T> {
         }
     }
 
-    /// Resolves when the queue needs attention (by `clock`); never while it is empty. The caller
-    /// then calls [`TimerQueue::take_due`].
+    /// When the queue next needs a poll (Unix ms): [`TimerQueue::next_deadline`], or earlier
+    /// when a slot is to be staged ([`TimerQueue::stage_at`]).
+    pub(crate) fn next_attention(&self) -> Option<i64> {
+        match (self.next_deadline(), self.stage_at()) {
+            (Some(d), Some(s)) => Some(d.min(s)),
+            (d, s) => d.or(s),
+        }
+    }
+
+    /// Resolves when entries are due (by `clock`); never while it is empty. The caller then
+    /// calls [`TimerQueue::take_due`]. Stages the next large slot meanwhile, a budget per poll.
     pub(crate) fn poll_due(&mut self, cx: &mut Context<'_>, clock: &dyn Clock) -> Poll<()> {
-        let Some(next) = self.next_deadline() else {
+        let now = clock.now_ms();
+        if self.next_deadline().is_some_and(|d| d <= now) {
+            return Poll::Ready(());
+        }
+        if self.stage_at().is_some_and(|at| at <= now) && self.stage(now, STAGE_BUDGET) {
+            // More to stage: yield, and come back for the next budget.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let Some(next) = self.next_attention() else {
             self.armed_for = None;
             return Poll::Pending;
         };
-        if next <= clock.now_ms() {
-            return Poll::Ready(());
-        }
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now())));
@@ -192,6 +350,7 @@ impl<T> TimerQueue<T> {
         }
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
+                // Due, or time to stage (then the caller's take finds nothing, once).
                 self.armed_for = None;
                 Poll::Ready(())
             }
@@ -261,16 +420,25 @@ mod tests {
 
     use proptest::prelude::*;
 
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(i64),
+        Advance(i64),
+        Stage(usize),
+    }
+
     proptest! {
         /// Against a plain sorted list: every entry comes out exactly once, at the first take at
-        /// or after its deadline, earliest first; `next_deadline` never lies past the earliest.
+        /// or after its deadline, earliest first, whatever staging happened between;
+        /// `next_deadline` never lies past the earliest.
         #[test]
         fn the_wheel_hands_out_what_a_sorted_list_would(
             ops in prop::collection::vec(
                 prop_oneof![
-                    4 => (-50i64..5_000_000).prop_map(Ok),
-                    1 => ((SPAN as i64) - 300_000..(SPAN as i64) + 300_000).prop_map(Ok),
-                    4 => (0i64..400_000).prop_map(Err),
+                    4 => (-50i64..5_000_000).prop_map(Op::Insert),
+                    1 => ((SPAN as i64) - 300_000..(SPAN as i64) + 300_000).prop_map(Op::Insert),
+                    4 => (0i64..400_000).prop_map(Op::Advance),
+                    2 => (1usize..8).prop_map(Op::Stage),
                 ],
                 1..200,
             ),
@@ -283,11 +451,18 @@ mod tests {
             let mut now = t0;
             for (i, op) in ops.into_iter().enumerate() {
                 match op {
-                    Ok(offset) => {
+                    Op::Insert(offset) => {
                         q.insert(now + offset, i as u32);
                         pending.push((now + offset, i as u32));
                     }
-                    Err(step) => {
+                    Op::Stage(budget) => {
+                        // As a poll would, once the lead allows: ahead of the slot's start.
+                        if q.stage_at().is_some_and(|at| at <= now) {
+                            q.stage(now, budget);
+                        }
+                        prop_assert!(q.stage_at().is_none_or(|at| at >= now.min(q.elapsed as i64)));
+                    }
+                    Op::Advance(step) => {
                         now += step;
                         let mut got = drain(&mut q, now);
                         prop_assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "earliest first");
@@ -321,6 +496,82 @@ mod tests {
         assert!(q.next_deadline().is_some_and(|d| d <= now + 2_000));
         assert_eq!(drain(&mut q, now + 2_000), vec![(now + 2_000, 2)]);
         assert!(drain(&mut q, now + 3_600_000).is_empty());
+    }
+
+    #[test]
+    fn a_large_slot_is_staged_ahead_so_reaching_it_moves_only_its_first_lower_slot() {
+        // Half a million deadlines 90–150 s ahead across a level-3 boundary (2¹⁸ ms).
+        let base = (6_730_000i64 << 18) - 100_000;
+        let mut q = TimerQueue::new(base);
+        let mut x: u64 = 1;
+        for i in 0..500_000u32 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            q.insert(base + 90_000 + (x >> 33) as i64 % 60_000, i);
+        }
+        let boundary = base + 100_000;
+        let level3 = 3 * SLOTS + ((boundary as u64 >> 18) as usize % SLOTS);
+        let in_slot = q.slots[level3].len();
+        assert!(
+            in_slot > 200_000,
+            "the slot past the boundary holds {in_slot}"
+        );
+        let mut fired = 0;
+        let mut out = Vec::new();
+        let mut now = base;
+        let mut polls = 0;
+        while now < boundary - 1 {
+            now += 1;
+            if q.stage_at().is_some_and(|at| at <= now) {
+                while q.stage(now, STAGE_BUDGET) {
+                    polls += 1;
+                }
+            }
+            q.take_due(now, &mut out);
+            fired += out.len();
+            out.clear();
+        }
+        assert!(
+            polls >= in_slot / STAGE_BUDGET - 1,
+            "staged a budget a poll ({polls})"
+        );
+        assert!(
+            q.slots[level3].is_empty(),
+            "everything staged before the boundary"
+        );
+        let staging = q.staging.as_ref().expect("the slot is staged");
+        assert_eq!(staging.buckets.iter().map(Vec::len).sum::<usize>(), in_slot);
+        let first = staging.buckets[0].len();
+        // The slot holds 50 s of deadlines; only its first 4.1 s (one level-2 slot) go down
+        // entry by entry at the boundary.
+        assert!(
+            first < in_slot / 10,
+            "only the first 4 s go down at the boundary: {first}"
+        );
+        let lower_slots = staging.buckets[1..]
+            .iter()
+            .filter(|b| !b.is_empty())
+            .count();
+        let mut rest = 0;
+        q.take_due(boundary, &mut out);
+        assert!(q.staging.is_none() && q.slots[level3].is_empty());
+        assert_eq!(
+            q.occupied[2].count_ones() as usize,
+            lower_slots,
+            "the buckets are level 2"
+        );
+        rest += out.len();
+        out.clear();
+        now = boundary;
+        while now < base + 151_000 {
+            now += 1;
+            q.take_due(now, &mut out);
+            assert!(out.iter().all(|(at, _)| *at == now), "on time");
+            rest += out.len();
+            out.clear();
+        }
+        assert_eq!(fired + rest, 500_000);
     }
 
     #[test]
