@@ -53,7 +53,13 @@ struct Outside {
     receipt_us: Vec<i64>,
     lagged: u64,
     events: u64,
+    /// `(ends_at_ms, late_ms)` of the firings [`WORST_LATE_MS`] or more late, to see where
+    /// they cluster (a wheel boundary, or anywhere: the scheduler).
+    worst: Vec<(i64, i64)>,
 }
+
+/// Firings this late (ms) or later are listed by deadline.
+const WORST_LATE_MS: i64 = 5;
 
 fn main() -> std::process::ExitCode {
     let smoke = smoke();
@@ -111,6 +117,9 @@ fn main() -> std::process::ExitCode {
                     *o.late_ms.entry(late).or_default() += 1;
                     if let Some(ends) = note.ends_at_ms {
                         o.receipt_us.push(received_us - ends * 1000);
+                        if late >= WORST_LATE_MS {
+                            o.worst.push((ends, late));
+                        }
                     }
                     fired.fetch_add(1, Ordering::Relaxed);
                 }
@@ -256,6 +265,7 @@ fn main() -> std::process::ExitCode {
                 pct(r, 0.999) as f64 / 1000.0,
                 pct(r, 1.0) as f64 / 1000.0
             );
+            print_worst(&mut o.worst, first_deadline);
         }
         if errors > 0 || fired < n as f64 {
             std::process::ExitCode::FAILURE
@@ -268,4 +278,37 @@ fn main() -> std::process::ExitCode {
         let _ = std::fs::remove_file(&log);
     }
     code
+}
+
+/// The firings `WORST_LATE_MS` or more late, grouped into runs of deadlines less than 50 ms
+/// apart: where each starts (from the first deadline, and its phase in the wheel's level-2
+/// and level-3 slots, 4,096 and 262,144 ms), how many, how late at most.
+fn print_worst(worst: &mut [(i64, i64)], first_deadline: i64) {
+    worst.sort_unstable();
+    let mut runs: Vec<(i64, i64, usize, i64)> = Vec::new(); // start, last, count, max late
+    for &(at, late) in worst.iter() {
+        match runs.last_mut() {
+            Some(run) if at - run.1 < 50 => {
+                run.1 = at;
+                run.2 += 1;
+                run.3 = run.3.max(late);
+            }
+            _ => runs.push((at, at, 1, late)),
+        }
+    }
+    println!(
+        "firings >= {WORST_LATE_MS} ms late: {} in {} runs of deadlines",
+        worst.len(),
+        runs.len()
+    );
+    runs.sort_by_key(|r| std::cmp::Reverse(r.3));
+    for (start, last, count, max) in runs.iter().take(12) {
+        println!(
+            "  deadlines +{:.3} s .. +{} ms: {count:>4} firings, max {max} ms late (phase {} of 4096, {} of 262144)",
+            (start - first_deadline) as f64 / 1000.0,
+            last - start,
+            start.rem_euclid(4096),
+            start.rem_euclid(262_144),
+        );
+    }
 }
