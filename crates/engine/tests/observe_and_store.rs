@@ -229,6 +229,8 @@ struct TestStore {
     inner: MemoryStore,
     failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     delay_ms: u64,
+    /// Writes that succeeded.
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Store for TestStore {
@@ -248,7 +250,10 @@ impl Store for TestStore {
             if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(StoreError("disk on fire".into()));
             }
-            self.inner.write(ops).await
+            self.inner.write(ops).await?;
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
         })
     }
 }
@@ -339,6 +344,60 @@ async fn the_memory_store_honours_the_store_contract() {
         std::sync::Arc::new(store)
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_join_the_next_batch_while_one_is_written_and_wait_for_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = TestStore {
+        delay_ms: 100,
+        ..TestStore::default()
+    };
+    let e = builder()
+        .shards(1)
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let e = e.clone();
+        async move { e.apply(create("a", false, T0)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // While the first batch is being written, two more callers apply.
+    let later: Vec<_> = ["b", "c"]
+        .into_iter()
+        .map(|id| {
+            let e = e.clone();
+            let mut ev = create(id, false, T0);
+            if let livebattle_engine::Event::Created(c) = &mut ev {
+                c.from_room = Some(format!("from-{id}").into());
+                c.to_rooms = vec![format!("to-{id}").into()];
+            }
+            tokio::spawn(async move { e.apply(ev).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    assert!(e.battle("b").is_some(), "applied at once");
+    assert_eq!(store.writes.load(SeqCst), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        first.is_finished(),
+        "the first batch is stored and answered"
+    );
+    assert_eq!(store.writes.load(SeqCst), 1);
+    assert!(
+        later.iter().all(|t| !t.is_finished()),
+        "the others wait for their own batch"
+    );
+    assert_eq!(store.inner.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(store.writes.load(SeqCst), 2, "both joined one batch");
+    assert_eq!(store.inner.len(), 3);
+    for t in later {
+        assert_eq!(t.await.unwrap().unwrap().outcome, Outcome::New);
+    }
+    first.await.unwrap().unwrap();
 }
 
 #[tokio::test(start_paused = true)]
