@@ -576,4 +576,36 @@ mod tests {
         assert_eq!(t.len(), 5);
         assert_eq!(t.with("q", |b| b.known_since_ms), Some(2_000));
     }
+
+    /// Not a check but a measurement (`cargo test --release -p livebattle-engine --lib
+    /// longest_steps -- --ignored --nocapture`): the longest single insert into one part while
+    /// it grows to a million battles — what a growth stops the shard for.
+    #[test]
+    #[ignore = "a measurement; run it in release"]
+    fn longest_steps_while_a_part_grows_to_a_million() {
+        let mut p = Part::new(Hasher::default());
+        let battles: Vec<Battle> = (0..1_000_000)
+            .map(|i| {
+                created(
+                    &format!("battle-{i}"),
+                    &format!("a-{i}"),
+                    &[&format!("b-{i}")],
+                    1,
+                )
+            })
+            .collect();
+        let mut worst = (std::time::Duration::ZERO, 0);
+        for (i, b) in battles.into_iter().enumerate() {
+            let t = std::time::Instant::now();
+            p.insert(b);
+            let took = t.elapsed();
+            if took > worst.0 {
+                worst = (took, i);
+            }
+        }
+        println!(
+            "part of 1,000,000 battles: longest insert {:?} (at battle {})",
+            worst.0, worst.1
+        );
+    }
 }

@@ -693,4 +693,55 @@ mod tests {
         got.extend(drain(&mut q, t0 + 2_000_000));
         assert_eq!(got.iter().map(|(at, _)| *at).collect::<Vec<_>>(), want);
     }
+
+    /// Not a check but a measurement (`cargo test --release -p livebattle-engine --lib
+    /// longest_steps -- --ignored --nocapture`): half a million deadlines 90–150 s ahead (the
+    /// timers bench's shape per shard), stepped through a millisecond at a time with staging
+    /// as the shard polls it; the longest single insert, staging budget and take — what the
+    /// wheel stops the shard for. Three starts: inside one level-3 slot, across a level-3
+    /// boundary, and across a top-level boundary (not staged).
+    #[test]
+    #[ignore = "a measurement; run it in release"]
+    fn longest_steps_of_half_a_million_deadlines() {
+        use std::time::{Duration, Instant};
+        let starts = [
+            ("inside a level-3 slot", 1_764_547_200_000i64),
+            ("across a level-3 boundary", (6_730_000i64 << 18) - 100_000),
+            ("across a top-level boundary", (26i64 << 36) - 120_000),
+        ];
+        for (what, base) in starts {
+            let mut q: TimerQueue<u64> = TimerQueue::new(base);
+            let mut x: u64 = 1;
+            let (mut insert, mut stage, mut take) =
+                (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+            for i in 0..500_000u64 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let t = Instant::now();
+                q.insert(base + 90_000 + (x >> 33) as i64 % 60_000, i);
+                insert = insert.max(t.elapsed());
+            }
+            let mut out = Vec::new();
+            let mut now = base;
+            while now < base + 151_000 {
+                now += 1;
+                if q.stage_at().is_some_and(|at| at <= now) {
+                    loop {
+                        let t = Instant::now();
+                        let more = q.stage(now, STAGE_BUDGET);
+                        stage = stage.max(t.elapsed());
+                        if !more {
+                            break;
+                        }
+                    }
+                }
+                let t = Instant::now();
+                q.take_due(now, &mut out);
+                take = take.max(t.elapsed());
+                out.clear();
+            }
+            println!("{what}: longest insert {insert:?}, staging budget {stage:?}, take {take:?}");
+        }
+    }
 }

@@ -371,8 +371,8 @@ async fn callers_join_the_next_batch_while_one_is_written_and_wait_for_it() {
             let e = e.clone();
             let mut ev = create(id, false, T0);
             if let livebattle_engine::Event::Created(c) = &mut ev {
-                c.from_room = Some(format!("from-{id}").into());
-                c.to_rooms = vec![format!("to-{id}").into()];
+                c.from_room = Some(format!("from-{id}"));
+                c.to_rooms = vec![format!("to-{id}")];
             }
             tokio::spawn(async move { e.apply(ev).await })
         })
