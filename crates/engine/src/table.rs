@@ -6,7 +6,7 @@
 //! own), and an entry of the id table or of the room table is 8 bytes (a slot and 32 bits of the
 //! id's or room's hash) instead of an `Arc<str>` key and a value. The tables are
 //! `hashbrown::HashTable`s: they store what we give them and ask us to compare and to hash, so
-//! they need no copy of the key; a lookup checks the record itself. Each is split in 32 pieces
+//! they need no copy of the key; a lookup checks the record itself. Each is split in 64 pieces
 //! ([`Links`]) so that growing one never rehashes a whole shard's battles at once.
 //!
 //! Each part sits behind its own lock in [`Table`]: its shard is the only writer, queries read.
@@ -39,12 +39,12 @@ struct Link {
 }
 
 /// Pieces of the id and of the room table, by the top bits of a link's key.
-const PIECE_BITS: u32 = 5;
+const PIECE_BITS: u32 = 6;
 
 /// A table of links split into 2^[`PIECE_BITS`] `HashTable`s by the key's top bits: hashbrown
 /// grows a table by rehashing every entry at once, and at the sizes a shard reaches that stops
 /// it for milliseconds (3.5 ms at 460,000 links, 7 ms at 920,000, 25 ms at 1.8 million,
-/// measured with mimalloc); a piece grows with a thirty-second of that.
+/// measured with mimalloc); a piece grows with a sixty-fourth of that.
 struct Links {
     pieces: Box<[HashTable<Link>]>,
 }
