@@ -303,13 +303,13 @@ impl<T> TimerQueue<T> {
     /// moving every entry. Returns whether entries remain to stage (the caller should come
     /// back soon).
     pub(crate) fn stage(&mut self, now_ms: i64, budget: usize) -> bool {
+        if self.stage_at().is_none_or(|at| at > now_ms) {
+            return false;
+        }
         if self.staging.is_none() {
             let Some(exp) = self.stage_target() else {
                 return false;
             };
-            if exp.deadline.saturating_sub(STAGE_LEAD_MS) > now_ms.max(0) as u64 {
-                return false;
-            }
             self.staging = Some(Staging {
                 level: exp.level,
                 slot: exp.slot,
@@ -392,25 +392,24 @@ impl<T> TimerQueue<T> {
     /// When the queue next needs a poll (Unix ms): [`TimerQueue::next_deadline`], or earlier
     /// when a slot is to be staged ([`TimerQueue::stage_at`]).
     pub(crate) fn next_attention(&self) -> Option<i64> {
-        match (self.next_deadline(), self.stage_at()) {
-            (Some(d), Some(s)) => Some(d.min(s)),
-            (d, s) => d.or(s),
-        }
+        earliest(self.next_deadline(), self.stage_at())
     }
 
     /// Resolves when entries are due (by `clock`); never while it is empty. The caller then
     /// calls [`TimerQueue::take_due`]. Stages the next large slot meanwhile, a budget per poll.
     pub(crate) fn poll_due(&mut self, cx: &mut Context<'_>, clock: &dyn Clock) -> Poll<()> {
         let now = clock.now_ms();
-        if self.next_deadline().is_some_and(|d| d <= now) {
+        let due = self.next_deadline();
+        if due.is_some_and(|d| d <= now) {
             return Poll::Ready(());
         }
-        if self.stage_at().is_some_and(|at| at <= now) && self.stage(now, STAGE_BUDGET) {
+        if self.stage(now, STAGE_BUDGET) {
             // More to stage: yield, and come back for the next budget.
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let Some(next) = self.next_attention() else {
+        // (Staging moves no occupancy bit: `due` still holds.)
+        let Some(next) = earliest(due, self.stage_at()) else {
             self.armed_for = None;
             return Poll::Pending;
         };
@@ -430,6 +429,11 @@ impl<T> TimerQueue<T> {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    a.into_iter().chain(b).min()
 }
 
 /// The level whose window around `elapsed` holds `when`: the highest 6-bit group in which they
