@@ -247,7 +247,7 @@ struct HubInner {
     reserved: u64,
     /// Numbered but not yet deliverable (an earlier number is still being stored); `None` marks
     /// a number whose batch failed to store, which is skipped.
-    waiting: std::collections::BTreeMap<u64, Option<Notification>>,
+    waiting: std::collections::BTreeMap<u64, Option<Arc<Notification>>>,
     ring: Ring,
 }
 
@@ -306,7 +306,7 @@ impl Hub {
 
     /// Delivers numbered notifications (observers, subscriptions, replay ring) once every lower
     /// number was delivered or skipped.
-    pub(crate) fn deliver(&self, batch: Vec<Notification>) {
+    pub(crate) fn deliver(&self, batch: Vec<Arc<Notification>>) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for n in batch {
             // (On a shared store the change feed may have delivered it already.)
@@ -335,7 +335,7 @@ impl Hub {
             };
             g.last_seq = next;
             if let Some(n) = entry {
-                self.deliver_one(g, &Arc::new(n));
+                self.deliver_one(g, &n);
             }
         }
     }
@@ -357,7 +357,7 @@ impl Hub {
                 let entry = g.waiting.remove(&seq);
                 g.last_seq = seq;
                 if let Some(Some(w)) = entry {
-                    self.deliver_one(&mut g, &Arc::new(w));
+                    self.deliver_one(&mut g, &w);
                 }
             }
             if g.last_seq + 1 < n.seq {
@@ -371,7 +371,7 @@ impl Hub {
                 g.last_seq = n.seq - 1;
             }
             g.reserved = g.reserved.max(n.seq);
-            g.waiting.insert(n.seq, Some(n));
+            g.waiting.insert(n.seq, Some(Arc::new(n)));
             self.drain(&mut g);
         }
     }
@@ -422,7 +422,7 @@ impl Hub {
             g.last_seq = n.seq;
             self.deliver_one(g, &Arc::new(n));
         } else {
-            g.waiting.insert(n.seq, Some(n));
+            g.waiting.insert(n.seq, Some(Arc::new(n)));
         }
     }
 
@@ -639,14 +639,14 @@ mod tests {
         let mut sub = hub.subscribe_live(Filter::All);
         hub.deliver_followed(vec![note(1)]);
         // This instance committed 3 and hands it over before the feed brought 2.
-        hub.deliver(vec![note(3)]);
+        hub.deliver(vec![Arc::new(note(3))]);
         assert_eq!(seqs(&mut sub), vec![1]);
         // The feed brings 2, then 3 again: 3 is delivered once, in order.
         hub.deliver_followed(vec![note(2), note(3)]);
         assert_eq!(seqs(&mut sub), vec![2, 3]);
         assert_eq!(hub.last_seq(), 3);
         // Handing over what the feed already delivered changes nothing.
-        hub.deliver(vec![note(3)]);
+        hub.deliver(vec![Arc::new(note(3))]);
         assert_eq!(seqs(&mut sub), Vec::<u64>::new());
     }
 

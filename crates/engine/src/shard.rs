@@ -119,7 +119,8 @@ pub(crate) struct Shard {
 /// A batch whose store write is in progress.
 struct Writing {
     write: crate::store::BoxFuture<'static, Result<(), crate::store::StoreError>>,
-    notes: Vec<Notification>,
+    /// Shared with the batch's `Notify` ops: built once, stored and delivered.
+    notes: Vec<Arc<Notification>>,
     replies: Vec<Reply>,
     /// The batch's ops, to put back if the write fails.
     retry: Vec<StoreOp>,
@@ -556,6 +557,7 @@ impl Shard {
         // batches together) and the hub delivers in seq order.
         let mut notes = std::mem::take(&mut self.notes);
         hub.number(&mut notes);
+        let notes: Vec<Arc<Notification>> = notes.into_iter().map(Arc::new).collect();
         let mut ops = std::mem::take(&mut self.ops);
         self.op_index.clear();
         let retry = ops.clone();
@@ -564,7 +566,7 @@ impl Shard {
                 .seq
                 .saturating_sub(hub.ring_capacity().max(1) as u64 - 1);
             ops.extend(notes.iter().map(|n| StoreOp::Notify {
-                notification: Arc::new(n.clone()),
+                notification: n.clone(),
                 keep_from_seq,
             }));
         }
@@ -593,7 +595,10 @@ impl Shard {
                 tracing::error!(error = %e, "store write failed; the batch is not acknowledged and will be retried");
                 shared.hub.skip(done.notes.iter().map(|n| n.seq));
                 self.requeue(done.retry);
-                let mut notes = done.notes;
+                // The failed write dropped its ops, so these are (almost always) the only
+                // holders: unwrapped, not copied.
+                let mut notes: Vec<Notification> =
+                    done.notes.into_iter().map(Arc::unwrap_or_clone).collect();
                 notes.append(&mut self.notes);
                 self.notes = notes;
                 self.retry_at =

@@ -189,7 +189,9 @@ impl Shard {
                         n.seq = seq;
                     }
                     if !notes.is_empty() {
-                        shared.hub.deliver(notes);
+                        shared
+                            .hub
+                            .deliver(notes.into_iter().map(Arc::new).collect());
                     }
                     for ((_, reply), results) in pending.into_iter().zip(results) {
                         let _ = reply.send(results);
