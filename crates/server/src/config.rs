@@ -23,6 +23,10 @@ pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
 pub const DEFAULT_SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// The longest SSE keep-alive interval accepted (a day; proxies close idle streams far sooner).
 pub const MAX_SSE_KEEP_ALIVE: Duration = Duration::from_secs(86_400);
+/// How long a connection may take to send a request head (hyper's default).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest header read timeout accepted (an hour).
+pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3_600);
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -191,6 +195,13 @@ pub struct Cli {
     #[arg(long, env = "LIVEBATTLE_SSE_KEEP_ALIVE_SECS", value_name = "SECS")]
     pub sse_keep_alive_secs: Option<u64>,
 
+    /// How long a connection may take to send a request head, in seconds, counted from when the
+    /// server starts waiting for it: a connection that sends nothing, or a head too slowly, or
+    /// stays idle that long between requests, is closed [default: 30]. File key:
+    /// header_read_timeout_secs.
+    #[arg(long, env = "LIVEBATTLE_HEADER_READ_TIMEOUT_SECS", value_name = "SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+
     /// A one-off task instead of serving (`livebattle copy-store --help`).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -269,6 +280,7 @@ pub struct FileConfig {
     future_tolerance_ms: Option<u64>,
     apply_timeout_ms: Option<u64>,
     sse_keep_alive_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -348,6 +360,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// SSE keep-alive interval.
     pub sse_keep_alive: Duration,
+    /// How long a connection may take to send a request head, counted from when the server
+    /// starts waiting for it (so also how long a connection may stay idle between requests).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -364,6 +379,7 @@ impl Default for Config {
             admin_token: None,
             log_format: LogFormat::Pretty,
             sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -384,6 +400,7 @@ impl fmt::Debug for Config {
             )
             .field("log_format", &self.log_format)
             .field("sse_keep_alive", &self.sse_keep_alive)
+            .field("header_read_timeout", &self.header_read_timeout)
             .finish()
     }
 }
@@ -515,16 +532,19 @@ impl Config {
         if shards == Some(0) {
             return Err(ConfigError::Invalid("shards must be at least 1".into()));
         }
-        let sse_keep_alive = secs(
+        let sse_keep_alive = bounded_secs(
+            "sse_keep_alive_secs",
             cli.sse_keep_alive_secs.or(file.sse_keep_alive_secs),
             defaults.sse_keep_alive,
-        );
-        if sse_keep_alive.is_zero() || sse_keep_alive > MAX_SSE_KEEP_ALIVE {
-            return Err(ConfigError::Invalid(format!(
-                "sse_keep_alive_secs must be from 1 to {}",
-                MAX_SSE_KEEP_ALIVE.as_secs()
-            )));
-        }
+            MAX_SSE_KEEP_ALIVE,
+        )?;
+        let header_read_timeout = bounded_secs(
+            "header_read_timeout_secs",
+            cli.header_read_timeout_secs
+                .or(file.header_read_timeout_secs),
+            defaults.header_read_timeout,
+            MAX_HEADER_READ_TIMEOUT,
+        )?;
         let admin_token = cli.admin_token.or(file.admin_token);
         if admin_token.as_deref() == Some("") {
             return Err(ConfigError::Invalid(
@@ -547,8 +567,26 @@ impl Config {
                 .or(file.log_format)
                 .unwrap_or(defaults.log_format),
             sse_keep_alive,
+            header_read_timeout,
         })
     }
+}
+
+/// A whole number of seconds from 1 to `max`, or `default` when not given.
+fn bounded_secs(
+    name: &str,
+    given: Option<u64>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = given.map_or(default, Duration::from_secs);
+    if value.is_zero() || value > max {
+        return Err(ConfigError::Invalid(format!(
+            "{name} must be from 1 to {}",
+            max.as_secs()
+        )));
+    }
+    Ok(value)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -642,6 +680,31 @@ mod tests {
         assert_eq!(c.replay_capacity, DEFAULT_REPLAY_CAPACITY);
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(c.admin_token, None);
+        assert_eq!(c.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
+    }
+
+    #[test]
+    fn the_header_read_timeout_is_from_a_second_to_an_hour() {
+        let with = |secs: &str| {
+            Config::resolve(
+                cli(&["--sdk-app-id", "1", "--header-read-timeout-secs", secs]),
+                FileConfig::default(),
+            )
+        };
+        assert_eq!(
+            with("3600").unwrap().header_read_timeout,
+            MAX_HEADER_READ_TIMEOUT
+        );
+        let file = FileConfig::parse("header_read_timeout_secs = 5").unwrap();
+        let c = Config::resolve(cli(&["--sdk-app-id", "1"]), file).unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(5));
+        for bad in ["0", "3601"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("header_read_timeout_secs must be from 1 to 3600"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod api;
 pub mod assets;
 pub mod config;
+mod connections;
 pub mod error;
 pub mod health;
 mod listener;
@@ -181,8 +182,6 @@ pub enum ServeError {
     Engine(EngineError),
     /// The configuration is invalid.
     Config(livebattle_ingest::ConfigError),
-    /// The listener failed.
-    Io(std::io::Error),
 }
 
 impl std::fmt::Display for ServeError {
@@ -190,7 +189,6 @@ impl std::fmt::Display for ServeError {
         match self {
             ServeError::Engine(e) => write!(f, "the engine did not start: {e}"),
             ServeError::Config(e) => write!(f, "invalid configuration: {e}"),
-            ServeError::Io(e) => write!(f, "the server failed: {e}"),
         }
     }
 }
@@ -399,24 +397,17 @@ pub async fn serve_engine(
     }
     let router = app(state.clone());
     let on_signal = state.clone();
-    let listener = match listener::sniffing(listener, state.clone()) {
-        Ok(listener) => listener,
-        Err(e) => {
-            engine.shutdown().await;
-            return Err(ServeError::Io(e));
-        }
-    };
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            on_signal.begin_shutdown();
-        })
-        .await;
+    let listener = listener::sniffing(listener, state.clone(), config.header_read_timeout);
+    connections::serve(listener, router, config.header_read_timeout, async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        on_signal.begin_shutdown();
+    })
+    .await;
     state.begin_shutdown();
     engine.shutdown().await;
     tracing::info!("engine stopped");
-    served.map_err(ServeError::Io)
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

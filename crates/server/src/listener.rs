@@ -1,12 +1,12 @@
 //! The server's listener: reads each new connection's request head, serves a plain event-stream
-//! request itself ([`crate::sse::direct`]) and hands every other connection to axum, the bytes
-//! it read put back in front ([`Sniffed`]).
+//! request itself ([`crate::sse::direct`]) and hands every other connection to axum (through
+//! [`crate::connections`]), the bytes it read put back in front ([`Sniffed`]).
 //!
 //! Only a connection's first request is looked at: a client that opens a stream on a keep-alive
-//! connection it used before is served by axum's stream, which sends the same events.
+//! connection it used before is served by axum's stream, which sends the same events. A
+//! connection whose first head is not complete within the header read timeout is closed.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,15 +21,25 @@ use crate::state::AppState;
 /// Connections handed to axum and not yet accepted by it.
 const HANDOVER_QUEUE: usize = 1024;
 
-/// An [`axum::serve::Listener`] whose connections were read up to their first request head.
+/// Connections read up to their first request head, for axum.
 pub(crate) struct Sniffing {
-    connections: mpsc::Receiver<(Sniffed, SocketAddr)>,
-    local_addr: SocketAddr,
+    connections: mpsc::Receiver<Sniffed>,
 }
 
-/// Accepts on `listener` (until `state` shuts down) and sorts each connection.
-pub(crate) fn sniffing(listener: TcpListener, state: AppState) -> io::Result<Sniffing> {
-    let local_addr = listener.local_addr()?;
+impl Sniffing {
+    /// The next connection; `None` once accepting stopped (at shutdown).
+    pub(crate) async fn accept(&mut self) -> Option<Sniffed> {
+        self.connections.recv().await
+    }
+}
+
+/// Accepts on `listener` (until `state` shuts down) and sorts each connection, giving each
+/// `header_read_timeout` to send its first request head.
+pub(crate) fn sniffing(
+    listener: TcpListener,
+    state: AppState,
+    header_read_timeout: Duration,
+) -> Sniffing {
     let (tx, connections) = mpsc::channel(HANDOVER_QUEUE);
     tokio::spawn(async move {
         let mut shutdown = std::pin::pin!(state.shutdown_signal());
@@ -39,17 +49,18 @@ pub(crate) fn sniffing(listener: TcpListener, state: AppState) -> io::Result<Sni
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((socket, addr)) => {
-                    tokio::spawn(sort(socket, addr, tx.clone(), state.clone()));
+                Ok((socket, _)) => {
+                    let sorted = sort(socket, tx.clone(), state.clone());
+                    tokio::spawn(async move {
+                        // Timed out: the socket is dropped, closing the connection.
+                        let _ = tokio::time::timeout(header_read_timeout, sorted).await;
+                    });
                 }
                 Err(e) => accept_failed(e).await,
             }
         }
     });
-    Ok(Sniffing {
-        connections,
-        local_addr,
-    })
+    Sniffing { connections }
 }
 
 /// As axum's own listener: a failed connection is skipped; anything else (out of file
@@ -66,14 +77,9 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Reads `socket` until its first request head shows what it is; serves an event stream,
-/// hands anything else to axum.
-async fn sort(
-    mut socket: TcpStream,
-    addr: SocketAddr,
-    axum: mpsc::Sender<(Sniffed, SocketAddr)>,
-    state: AppState,
-) {
+/// Reads `socket` until its first request head shows what it is; starts serving an event
+/// stream (on a task of its own), hands anything else to axum.
+async fn sort(mut socket: TcpStream, axum: mpsc::Sender<Sniffed>, state: AppState) {
     let mut head = Vec::with_capacity(1024);
     let mut shutdown = std::pin::pin!(state.shutdown_signal());
     loop {
@@ -101,24 +107,7 @@ async fn sort(
         }
     }
     // An error means axum stopped accepting: the server is shutting down.
-    let _ = axum.send((Sniffed::new(socket, head), addr)).await;
-}
-
-impl axum::serve::Listener for Sniffing {
-    type Io = Sniffed;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Sniffed, SocketAddr) {
-        match self.connections.recv().await {
-            Some(connection) => connection,
-            // The acceptor stopped at shutdown, when axum stops asking.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local_addr)
-    }
+    let _ = axum.send(Sniffed::new(socket, head)).await;
 }
 
 /// A connection with the bytes already read from it put back in front.

@@ -89,6 +89,22 @@ async fn runs_on_an_ephemeral_port_and_stops_on_sigterm() {
     drop(stream);
 }
 
+/// `--header-read-timeout-secs`: a connection that sends nothing is closed (the timing itself
+/// is tested under paused time in tests/connections.rs).
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
+    use tokio::io::AsyncReadExt;
+    let (child, base) = spawn(serving(&["--header-read-timeout-secs", "1"])).await;
+    let addr = base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, socket.read(&mut buf))
+        .await
+        .expect("the server closes a silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    terminate(child).await;
+}
+
 #[tokio::test]
 async fn flags_beat_env_beat_file() {
     let file = temp_file(
