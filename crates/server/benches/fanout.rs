@@ -305,7 +305,8 @@ async fn one_battle(
         .extend_from_slice(&this);
         this.sort_unstable();
         println!(
-            "    change {k} ({label}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "    change {k} ({label}): min {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            pct(&this, 0.0) as f64 / 1000.0,
             pct(&this, 0.5) as f64 / 1000.0,
             pct(&this, 0.99) as f64 / 1000.0,
             pct(&this, 1.0) as f64 / 1000.0
