@@ -8,6 +8,11 @@
 //!   snapshot (`reason: "resume_too_old"`) instead.
 //! * A subscriber that fell behind (`Delivery::Lagged`) gets a fresh snapshot
 //!   (`reason: "lagged"`) and continues from there.
+//! * Streams of every battle that start within [`SHARE_INITIAL_FOR`] of one another share one
+//!   rendered initial snapshot ([`SharedSnapshot`]): each gets it (id L) and then, from the
+//!   replay ring, the notifications after L — what a client that connected at L would have got.
+//!   A thousand clients reconnecting at once cost one snapshot (up to 10,000 battles,
+//!   megabytes), not a thousand, and a client that never reads holds a share of one.
 //!
 //! A keep-alive comment (`: keep-alive`) goes out every `sse_keep_alive` (15 s by default),
 //! whether or not events went out in between; streams end when the server shuts down.
@@ -87,6 +92,8 @@ struct Snapshot {
 #[derive(Debug)]
 enum Item {
     Snapshot(Snapshot),
+    /// An event already rendered (a stream's first snapshot).
+    Rendered(Bytes),
     Battle(Arc<Notification>),
 }
 
@@ -94,11 +101,12 @@ impl Item {
     /// The event's bytes on the wire (`event`, `id` and one `data` line: compact JSON has no
     /// line break); a notification's are rendered once for every stream that sends it.
     fn into_frame(self) -> Option<Bytes> {
-        let frame = match &self {
-            Item::Snapshot(s) => {
+        let frame = match self {
+            Item::Rendered(frame) => return Some(frame),
+            Item::Snapshot(ref s) => {
                 serde_json::to_string(s).map(|json| frame(SNAPSHOT_EVENT, s.seq, &json))
             }
-            Item::Battle(n) => rendered(n),
+            Item::Battle(ref n) => rendered(n),
         };
         match frame {
             Ok(frame) => Some(frame),
@@ -208,7 +216,7 @@ struct Feed {
     subscription: Subscription,
     /// Notifications up to this seq are already in the last snapshot sent (or were sent).
     covered: u64,
-    first: Option<Snapshot>,
+    first: Option<Bytes>,
     shutdown: Shutdown,
     /// When the last fresh snapshot after a lag was sent.
     lagged_at: Option<tokio::time::Instant>,
@@ -222,7 +230,7 @@ impl Feed {
     /// snapshot after a lag; `None` at shutdown or when the engine is gone.
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Item::Snapshot(first)));
+            return Poll::Ready(Some(Item::Rendered(first)));
         }
         if self.shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
@@ -324,13 +332,97 @@ fn last_event_id_value(value: &[u8]) -> Option<u64> {
 struct Start {
     subscription: Subscription,
     covered: u64,
-    first: Option<Snapshot>,
+    first: Option<First>,
+}
+
+/// A stream's first event (a snapshot: up to megabytes, maybe shared by many streams), rendered
+/// once as an HTTP/1.1 chunk: the streams written directly send the chunk, axum's streams the
+/// event inside it (hyper frames it); neither copies it.
+#[derive(Clone, Debug)]
+struct First {
+    chunk: Bytes,
+    /// The length of the chunk's size line.
+    prefix: usize,
+}
+
+impl First {
+    fn new(event: &[u8]) -> First {
+        let chunk = direct::chunk(event);
+        // The size line, the event, then the chunk's closing CRLF.
+        let prefix = chunk.len() - event.len() - 2;
+        First { chunk, prefix }
+    }
+
+    /// The event alone.
+    fn event(&self) -> Bytes {
+        self.chunk.slice(self.prefix..self.chunk.len() - 2)
+    }
+
+    /// The event as one HTTP/1.1 chunk.
+    fn chunk(&self) -> Bytes {
+        self.chunk.clone()
+    }
+}
+
+/// How long a rendered initial snapshot of every battle is given to the streams that start
+/// after it (with the notifications since, from the replay ring) instead of a new one.
+pub const SHARE_INITIAL_FOR: Duration = Duration::from_secs(1);
+
+/// The latest initial snapshot of every battle, rendered, with its `seq` and when it was read:
+/// shared by the streams of every battle that start within [`SHARE_INITIAL_FOR`] of it. (Battle
+/// and room streams start with a few battles at most: theirs are not shared.)
+#[derive(Default)]
+pub struct SharedSnapshot(std::sync::Mutex<Option<(First, u64, tokio::time::Instant)>>);
+
+impl SharedSnapshot {
+    /// The initial snapshot of every battle a stream starting now gets: the shared one when it
+    /// is recent and the replay ring still holds what came since (`subscribe_after` its seq),
+    /// else a new one, which becomes the shared one. Streams starting together wait for the one
+    /// being read rather than each reading its own.
+    fn start(&self, engine: &Engine) -> Option<Start> {
+        let mut shared = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        if let Some((frame, seq, at)) = &*shared {
+            if now.saturating_duration_since(*at) < SHARE_INITIAL_FOR {
+                if let Ok(subscription) = engine.subscribe_after(Filter::All, *seq) {
+                    return Some(Start {
+                        subscription,
+                        covered: *seq,
+                        first: Some(frame.clone()),
+                    });
+                }
+            }
+        }
+        let subscription = engine.subscribe(Filter::All);
+        let first = snapshot(engine, &Filter::All, "initial");
+        let covered = first.seq;
+        let frame = First::new(&Item::Snapshot(first).into_frame()?);
+        *shared = Some((frame.clone(), covered, now));
+        Some(Start {
+            subscription,
+            covered,
+            first: Some(frame),
+        })
+    }
 }
 
 /// The start rule: with `Last-Event-ID: N` still in the replay ring, the notifications after N
 /// and no snapshot; otherwise a snapshot (`resume_too_old` when N was given), read after
 /// subscribing so that nothing falls between the two.
-fn start(engine: &Engine, filter: &Filter, last_event_id: Option<u64>) -> Start {
+///
+/// A stream of every battle without `Last-Event-ID` may get a recent shared snapshot instead
+/// ([`SharedSnapshot`]).
+fn start(
+    engine: &Engine,
+    filter: &Filter,
+    last_event_id: Option<u64>,
+    shared: &SharedSnapshot,
+) -> Start {
+    if *filter == Filter::All && last_event_id.is_none() {
+        if let Some(start) = shared.start(engine) {
+            return start;
+        }
+    }
     let resumed = last_event_id.map(|n| (n, engine.subscribe_after(filter.clone(), n)));
     match resumed {
         Some((n, Ok(subscription))) => Start {
@@ -349,7 +441,7 @@ fn start(engine: &Engine, filter: &Filter, last_event_id: Option<u64>) -> Start 
             Start {
                 subscription,
                 covered: first.seq,
-                first: Some(first),
+                first: Item::Snapshot(first).into_frame().map(|f| First::new(&f)),
             }
         }
     }
@@ -361,13 +453,18 @@ fn open(state: &AppState, filter: Filter, headers: &HeaderMap) -> Response {
         subscription,
         covered,
         first,
-    } = start(&engine, &filter, last_event_id(headers));
+    } = start(
+        &engine,
+        &filter,
+        last_event_id(headers),
+        state.sse_shared_snapshot(),
+    );
     let feed = Feed {
         engine,
         filter,
         subscription,
         covered,
-        first,
+        first: first.map(|f| f.event()),
         shutdown: Box::pin(state.shutdown_signal()),
         lagged_at: None,
         pause: None,
@@ -453,7 +550,7 @@ mod tests {
         })
     }
 
-    fn feed(engine: &Engine, first: Option<Snapshot>, covered: u64) -> Feed {
+    fn feed(engine: &Engine, first: Option<Bytes>, covered: u64) -> Feed {
         Feed {
             engine: engine.clone(),
             filter: Filter::All,
@@ -470,6 +567,65 @@ mod tests {
     async fn quiet(feed: &mut Feed) {
         let next = tokio::time::timeout(Duration::from_millis(100), feed.next_item()).await;
         assert!(next.is_err(), "expected nothing, got {next:?}");
+    }
+
+    /// The notifications a start's subscription replays at once.
+    fn replayed(start: &mut Start) -> Vec<u64> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut seqs = Vec::new();
+        while let Poll::Ready(Some(Delivery::Notification(n))) =
+            Pin::new(&mut start.subscription).poll_next(&mut cx)
+        {
+            seqs.push(n.seq);
+        }
+        seqs
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_of_every_battle_starting_within_a_second_share_one_snapshot() {
+        let engine = Engine::builder()
+            .replay_capacity(100)
+            .start()
+            .await
+            .unwrap();
+        let shared = SharedSnapshot::default();
+        engine.apply(created("s-1")).await.unwrap();
+        let mut a = start(&engine, &Filter::All, None, &shared);
+        assert_eq!((a.covered, replayed(&mut a)), (1, vec![]));
+        engine.apply(created("s-2")).await.unwrap();
+        tokio::time::sleep(SHARE_INITIAL_FOR / 2).await;
+        // The same snapshot, not copied, then what came since from the replay ring.
+        let mut b = start(&engine, &Filter::All, None, &shared);
+        let first_a = a.first.take().unwrap().chunk();
+        let first_b = b.first.take().unwrap().chunk();
+        assert_eq!(first_a.as_ptr(), first_b.as_ptr());
+        assert_eq!((b.covered, replayed(&mut b)), (1, vec![2]));
+        // Resuming and filtered streams read their own.
+        let c = start(&engine, &Filter::All, Some(0), &shared);
+        assert!(c.first.is_none());
+        let d = start(&engine, &Filter::Battle("s-2".into()), None, &shared);
+        assert_ne!(d.first.unwrap().chunk().as_ptr(), first_a.as_ptr());
+        // A second after it, a new one.
+        tokio::time::sleep(SHARE_INITIAL_FOR / 2).await;
+        let mut e = start(&engine, &Filter::All, None, &shared);
+        let first_e = e.first.clone().unwrap();
+        assert_ne!(first_e.chunk().as_ptr(), first_a.as_ptr());
+        assert_eq!((e.covered, replayed(&mut e)), (2, vec![]));
+        let event = String::from_utf8(first_e.event().to_vec()).unwrap();
+        assert!(event.starts_with("event: snapshot\nid: 2\n"), "{event}");
+        assert!(event.contains("s-2") && event.ends_with("\n\n"), "{event}");
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn without_a_replay_ring_the_snapshot_is_not_shared() {
+        let engine = Engine::builder().replay_capacity(0).start().await.unwrap();
+        let shared = SharedSnapshot::default();
+        let a = start(&engine, &Filter::All, None, &shared);
+        engine.apply(created("r-1")).await.unwrap();
+        let b = start(&engine, &Filter::All, None, &shared);
+        assert_eq!((a.covered, b.covered), (0, 1));
+        engine.shutdown().await;
     }
 
     #[tokio::test]
@@ -632,11 +788,11 @@ mod tests {
         let first = snapshot(&engine, &Filter::All, "initial");
         assert_eq!(first.seq, 1);
         let mut feed = Feed {
-            first: Some(first),
+            first: Item::Snapshot(first).into_frame(),
             covered: 1,
             ..subscribed
         };
-        assert!(matches!(feed.next_item().await, Some(Item::Snapshot(_))));
+        assert!(matches!(feed.next_item().await, Some(Item::Rendered(_))));
         quiet(&mut feed).await;
         engine.apply(created("s-2")).await.unwrap();
         assert!(matches!(feed.next_item().await, Some(Item::Battle(n)) if n.seq == 2));

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::metrics::HttpMetrics;
-use crate::sse::{Lanes, StreamCount};
+use crate::sse::{Lanes, SharedSnapshot, StreamCount};
 
 /// The shared server state. Cheap to clone; every clone is the same server.
 #[derive(Clone)]
@@ -27,6 +27,7 @@ struct Inner {
     http: HttpMetrics,
     sse_streams: Arc<StreamCount>,
     sse_lanes: Lanes,
+    sse_shared_snapshot: SharedSnapshot,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
@@ -47,6 +48,7 @@ impl AppState {
                 http: HttpMetrics::default(),
                 sse_streams: Arc::default(),
                 sse_lanes: Lanes::default(),
+                sse_shared_snapshot: SharedSnapshot::default(),
                 shutting_down: AtomicBool::new(false),
                 shutdown: watch::Sender::new(false),
             }),
@@ -86,6 +88,11 @@ impl AppState {
     /// The lanes of the event streams the listener serves directly.
     pub fn sse_lanes(&self) -> &Lanes {
         &self.inner.sse_lanes
+    }
+
+    /// The initial snapshot of every battle that streams starting together share.
+    pub fn sse_shared_snapshot(&self) -> &SharedSnapshot {
+        &self.inner.sse_shared_snapshot
     }
 
     /// Starts shutting down: `/readyz` turns 503 and every SSE stream ends, so the server's

@@ -303,3 +303,44 @@ async fn a_stream_on_a_reused_connection_sends_the_same_events() {
     assert!(one[1].2.contains("\"to\":\"ended\""), "{}", one[1].2);
     server.stop().await.unwrap();
 }
+
+/// A stream of every battle that starts within a second of another shares its snapshot and gets
+/// what came since as events (else it reads its own snapshot): either way it knows every
+/// battle once, in order, and continues live.
+#[tokio::test]
+async fn a_stream_starting_right_after_another_knows_what_came_between() {
+    let server = Server::start(config()).await;
+    server
+        .callback_ok(CREATE, &create("first", "r1", &["r2"], 60_000, false))
+        .await;
+    let mut a = server.sse("/v1/events", None).await;
+    let snap_a = a.event().await;
+    assert_eq!(snap_a.seq(), 1);
+    server
+        .callback_ok(CREATE, &create("between", "r3", &["r4"], 60_000, false))
+        .await;
+    let mut b = server.sse("/v1/events", None).await;
+    let snap_b = b.event().await;
+    assert_eq!(snap_b.event.as_deref(), Some("snapshot"));
+    assert_eq!(snap_b.json()["reason"], "initial");
+    let mut known = battle_ids(&snap_b.json());
+    if snap_b.seq() == 1 {
+        // The shared snapshot (without "between"): "between" follows as its event.
+        let n = b.event().await;
+        assert_eq!((n.event.as_deref(), n.seq()), (Some("battle"), 2));
+        known.push(n.json()["battle_id"].as_str().unwrap().to_owned());
+    } else {
+        assert_eq!(snap_b.seq(), 2);
+    }
+    known.sort();
+    assert_eq!(known, ["between", "first"]);
+    server
+        .callback_ok(CREATE, &create("after", "r5", &["r6"], 60_000, false))
+        .await;
+    let n = b.event().await;
+    assert_eq!(
+        (n.seq(), n.json()["battle_id"].as_str()),
+        (3, Some("after"))
+    );
+    server.stop().await.unwrap();
+}

@@ -45,7 +45,7 @@ use axum::body::Bytes;
 use axum::http::Method;
 use dashmap::DashMap;
 use futures_util::Stream as _;
-use livebattle_engine::{Delivery, Engine, Filter, Notification, Subscription};
+use livebattle_engine::{Delivery, Filter, Notification, Subscription};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -167,7 +167,7 @@ fn response_head() -> String {
 }
 
 /// `data` as one HTTP/1.1 chunk.
-fn chunk(data: &[u8]) -> Bytes {
+pub(crate) fn chunk(data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 12);
     out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
     out.extend_from_slice(data);
@@ -203,7 +203,7 @@ async fn run(state: AppState, mut socket: TcpStream, filter: Filter, last_event_
     let mut resume = Resume::LastEventId(last_event_id);
     let mut lagged_at: Option<tokio::time::Instant> = None;
     let ended = loop {
-        let (start, covered) = begin(state.engine(), &filter, resume);
+        let (start, covered) = begin(&state, &filter, resume);
         stream.release(start, covered);
         match stream.serve(shutdown.as_mut()).await {
             Ended::Lagged => {
@@ -243,22 +243,28 @@ enum Resume {
 /// What a stream starts with and the `seq` it covers: the start rule shared with axum's streams
 /// ([`start`]); a replay (up to the ring's 100,000 notifications) is taken at once but rendered
 /// only as the socket gets to it, as axum's stream renders it.
-fn begin(engine: &Engine, filter: &Filter, resume: Resume) -> (Vec<Waiting>, u64) {
+fn begin(state: &AppState, filter: &Filter, resume: Resume) -> (Vec<Waiting>, u64) {
+    let engine = state.engine();
     let fresh = |reason| {
         let s = snapshot(engine, filter, reason);
         let seq = s.seq;
         let frame = Item::Snapshot(s).into_frame();
-        (frame.map(|f| Waiting::Chunk(chunk(&f), false)), seq)
+        (
+            frame
+                .map(|f| Waiting::Chunk(chunk(&f), false))
+                .into_iter()
+                .collect(),
+            seq,
+        )
     };
-    let (frame, covered) = match resume {
+    match resume {
         Resume::Lagged => fresh("lagged"),
         Resume::LastEventId(id) => {
-            let mut start = start(engine, filter, id);
+            let mut start = start(engine, filter, id, state.sse_shared_snapshot());
             let mut waiting: Vec<Waiting> = start
                 .first
                 .take()
-                .and_then(|s| Item::Snapshot(s).into_frame())
-                .map(|f| Waiting::Chunk(chunk(&f), false))
+                .map(|first| Waiting::Chunk(first.chunk(), false))
                 .into_iter()
                 .collect();
             let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -275,8 +281,7 @@ fn begin(engine: &Engine, filter: &Filter, resume: Resume) -> (Vec<Waiting>, u64
                 }
             }
         }
-    };
-    (frame.into_iter().collect(), covered)
+    }
 }
 
 /// What waits for a stream's socket.
@@ -783,7 +788,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use livebattle_engine::{Created, Event};
+    use livebattle_engine::{Created, Engine, Event};
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpSocket};
 
