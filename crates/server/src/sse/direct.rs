@@ -232,6 +232,11 @@ const WRITE_BATCH: usize = 64;
 /// How many times its lag limit a stream may be behind while it catches up after its start.
 pub(crate) const CATCH_UP: usize = 4;
 
+/// How long a stream's socket may take nothing while bytes wait for it: then the client is not
+/// reading, and the stream is closed (what waits for it — its start, up to megabytes — is
+/// freed). A client that reads, however slowly, is not affected.
+pub(crate) const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How a stream (re)starts.
 enum Resume {
     /// Its request's `Last-Event-ID`, if any.
@@ -342,6 +347,8 @@ struct Out {
     catching_up: bool,
     /// The socket failed, the engine is gone or the stream ended.
     closed: bool,
+    /// Bytes the socket took, in all (how the task sees that a blocked stream moves).
+    written: u64,
 }
 
 /// What the stream's task waits for next.
@@ -444,6 +451,8 @@ impl Stream {
     /// Writes what waits, watches for the client leaving and for shutdown, until the stream
     /// lags (its queue written), closes or the server shuts down.
     async fn serve(&self, mut shutdown: Pin<&mut impl Future<Output = ()>>) -> Ended {
+        // While blocked: the bytes written when the socket last took some, and the time.
+        let mut moved: Option<(u64, tokio::time::Instant)> = None;
         loop {
             let step = self.step();
             let blocked = match step {
@@ -451,9 +460,31 @@ impl Stream {
                 Step::Blocked => true,
                 Step::Idle => false,
             };
+            let stall = if blocked {
+                let written = self.out().written;
+                let since = match moved {
+                    Some((w, since)) if w == written => since,
+                    _ => tokio::time::Instant::now(),
+                };
+                moved = Some((written, since));
+                Some(since + STALL_LIMIT)
+            } else {
+                moved = None;
+                None
+            };
             tokio::select! {
                 // Also while blocked: a close from outside must be heard.
                 _ = self.wake.notified() => {}
+                () = async {
+                    match stall {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                }, if blocked => {
+                    tracing::debug!("an event stream's client read nothing for {STALL_LIMIT:?}; closed");
+                    self.out().closed = true;
+                    return Ended::Closed;
+                }
                 _ = self.socket.writable(), if blocked => {}
                 _ = self.socket.readable() => {
                     if self.client_left() {
@@ -531,6 +562,7 @@ impl Stream {
                     break;
                 }
             };
+            out.written += n as u64;
             // Whole chunks leave the queue; a chunk written in part keeps its rest.
             while let Some(Waiting::Chunk(bytes, counted)) = out.queue.front_mut() {
                 if n < bytes.len() {
@@ -918,6 +950,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_for_the_stall_limit_is_closed() {
+        let state = state(64).await;
+        let engine = state.engine().clone();
+        let (mut client, server) = pair(Some(4096)).await;
+        serve(state.clone(), server, Filter::All, "/v1/events", None);
+        let mut wire = Wire::default();
+        wire.until(&mut client, |e| !e.is_empty()).await;
+        // ≈ 8 MiB the client never reads: more than the sockets' buffers hold.
+        let extension = "x".repeat(8 * 1024);
+        for batch in 0..100 {
+            let events = (0..10)
+                .map(|i| created(format!("stall-{batch}-{i}"), &extension))
+                .collect();
+            for r in engine.apply_batch(events).await {
+                r.unwrap();
+            }
+        }
+        tokio::time::sleep(STALL_LIMIT - Duration::from_secs(1)).await;
+        assert_eq!(state.sse_streams().get(), 1, "open before the limit");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(state.sse_streams().get(), 0, "closed after it");
+        // What was in flight reaches the client, then the end.
+        let mut buf = vec![0u8; 64 * 1024];
+        while client.read(&mut buf).await.unwrap() > 0 {}
+        engine.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
