@@ -354,7 +354,10 @@ struct Out {
 /// What the stream's task waits for next.
 enum Step {
     Idle,
-    Blocked,
+    /// The socket takes no more now; `written`: [`Out::written`].
+    Blocked {
+        written: u64,
+    },
     Done(Ended),
 }
 
@@ -454,24 +457,22 @@ impl Stream {
         // While blocked: the bytes written when the socket last took some, and the time.
         let mut moved: Option<(u64, tokio::time::Instant)> = None;
         loop {
-            let step = self.step();
-            let blocked = match step {
+            let stall = match self.step() {
                 Step::Done(ended) => return ended,
-                Step::Blocked => true,
-                Step::Idle => false,
+                Step::Idle => {
+                    moved = None;
+                    None
+                }
+                Step::Blocked { written } => {
+                    let since = match moved {
+                        Some((w, since)) if w == written => since,
+                        _ => tokio::time::Instant::now(),
+                    };
+                    moved = Some((written, since));
+                    Some(since + STALL_LIMIT)
+                }
             };
-            let stall = if blocked {
-                let written = self.out().written;
-                let since = match moved {
-                    Some((w, since)) if w == written => since,
-                    _ => tokio::time::Instant::now(),
-                };
-                moved = Some((written, since));
-                Some(since + STALL_LIMIT)
-            } else {
-                moved = None;
-                None
-            };
+            let blocked = stall.is_some();
             tokio::select! {
                 // Also while blocked: a close from outside must be heard.
                 _ = self.wake.notified() => {}
@@ -556,7 +557,11 @@ impl Stream {
                     break;
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Step::Blocked {
+                        written: out.written,
+                    }
+                }
                 Err(_) => {
                     out.closed = true;
                     break;
@@ -952,24 +957,35 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_client_that_reads_nothing_for_the_stall_limit_is_closed() {
-        let state = state(64).await;
-        let engine = state.engine().clone();
+    /// A client (its receive buffer 4 KiB) on a stream of every battle, its first event read.
+    async fn slow_client(state: &AppState) -> (TcpStream, Wire) {
         let (mut client, server) = pair(Some(4096)).await;
         serve(state.clone(), server, Filter::All, "/v1/events", None);
         let mut wire = Wire::default();
         wire.until(&mut client, |e| !e.is_empty()).await;
-        // ≈ 8 MiB the client never reads: more than the sockets' buffers hold.
+        (client, wire)
+    }
+
+    /// `batches` batches of 10 new battles, each with 8 KiB of `ExtensionInfo` (80 KiB a batch).
+    async fn flood(engine: &Engine, prefix: &str, batches: usize) {
         let extension = "x".repeat(8 * 1024);
-        for batch in 0..100 {
+        for batch in 0..batches {
             let events = (0..10)
-                .map(|i| created(format!("stall-{batch}-{i}"), &extension))
+                .map(|i| created(format!("{prefix}-{batch}-{i}"), &extension))
                 .collect();
             for r in engine.apply_batch(events).await {
                 r.unwrap();
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_for_the_stall_limit_is_closed() {
+        let state = state(64).await;
+        let engine = state.engine().clone();
+        let (mut client, _) = slow_client(&state).await;
+        // ≈ 8 MiB the client never reads: more than the sockets' buffers hold.
+        flood(&engine, "stall", 100).await;
         tokio::time::sleep(STALL_LIMIT - Duration::from_secs(1)).await;
         assert_eq!(state.sse_streams().get(), 1, "open before the limit");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -985,22 +1001,11 @@ mod tests {
         // Streams lag 64 events behind; the lane itself never falls behind by that much.
         let state = state(64).await;
         let engine = state.engine().clone();
-        let (mut client, server) = pair(Some(4096)).await;
-        serve(state.clone(), server, Filter::All, "/v1/events", None);
-        let mut wire = Wire::default();
-        wire.until(&mut client, |e| !e.is_empty()).await;
+        let (mut client, mut wire) = slow_client(&state).await;
         assert_eq!(wire.events[0].name, "snapshot");
         // ≈ 24 MiB of events the client does not read: more than the sockets' buffers and
         // the queue hold.
-        let extension = "x".repeat(8 * 1024);
-        for batch in 0..300 {
-            let events = (0..10)
-                .map(|i| created(format!("lag-{batch}-{i}"), &extension))
-                .collect();
-            for r in engine.apply_batch(events).await {
-                r.unwrap();
-            }
-        }
+        flood(&engine, "lag", 300).await;
         let last = engine.last_seq();
         assert_eq!(last, 3000);
         wire.until(&mut client, |e| e.last().is_some_and(|e| e.id == last))
@@ -1353,7 +1358,7 @@ mod tests {
         let big = |fill: u8| Bytes::from(vec![fill; 8 << 20]);
         stream.release(vec![Waiting::Chunk(big(b's'), false)], 10);
         assert!(
-            matches!(stream.step(), Step::Blocked),
+            matches!(stream.step(), Step::Blocked { .. }),
             "the client reads nothing yet"
         );
         // While the start is being read, up to CATCH_UP times the limit may wait.
@@ -1375,7 +1380,7 @@ mod tests {
         });
         loop {
             match stream.step() {
-                Step::Blocked => {
+                Step::Blocked { .. } => {
                     let _ = stream.socket.writable().await;
                 }
                 Step::Idle => break,
@@ -1396,7 +1401,7 @@ mod tests {
         let (_client, server) = pair(Some(4096)).await;
         let stream = stream_on(server, 2);
         stream.release(vec![Waiting::Chunk(big(b's'), false)], 10);
-        assert!(matches!(stream.step(), Step::Blocked));
+        assert!(matches!(stream.step(), Step::Blocked { .. }));
         for seq in 11..=11 + allowed {
             stream.offer(Some(seq), &Bytes::from(vec![1u8]));
         }
